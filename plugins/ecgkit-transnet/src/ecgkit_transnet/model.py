@@ -1,0 +1,207 @@
+"""ECG-TransNet: beat-level sequence labelling of ECG with a ResNet tokenizer and a Transformer.
+
+Reads top-down:
+  1. TransNetConfig   - every hyper-parameter, including what the data prep must produce.
+  2. building blocks  - ResBlock1d, BeatTokenizer (morphology), RRFeatures (rhythm), positional table.
+  3. ECGTransNet      - tokens + RR embedding -> Transformer encoder -> per-beat logits.
+
+Data contract (what the caller / core must feed)
+------------------------------------------------
+Per record: lead MLII (chosen by signal name; in MIT-BIH it is channel 0 except record 114, where it is
+channel 1), Butterworth band-pass 0.5-35 Hz (order 2 per edge, zero-phase sosfiltfilt), resampled to
+``fs_hz`` with scipy.signal.resample_poly, then z-scored per record (mean/std of the whole filtered signal).
+
+windows: (batch, beats, channels, samples) float32, samples = before + after, the beat's R position at
+    index ``before`` (reference annotation sample converted to ``fs_hz`` by rounding). Beats too close to the
+    record edge are zero-padded (the signal is z-scored, so 0 is the baseline), never dropped.
+    channel 0 "beat":                      the window itself.
+    channel 1 "beat_minus_record_median":  window minus the record's median beat, where the median beat is the
+                                           element-wise median over the windows of ALL beats of that record.
+                                           It carries "this beat relative to the same patient's usual beat",
+                                           which transfers across patients far better than absolute shape.
+rr: (batch, beats, 4) float32, seconds, columns [pre_rr, post_rr, local_mean_rr, record_mean_rr]:
+    pre_rr[i]  = t[i] - t[i-1];  post_rr[i] = t[i+1] - t[i]   (t = beat times of all annotated beats)
+    edge beats: first beat pre_rr = its post_rr, last beat post_rr = its pre_rr.
+    local_mean_rr[i] = mean(pre_rr[max(0, i-9) .. i])  i.e. mean of the 10 most recent RR intervals
+                       INCLUDING the current pre_rr (fewer at the start of the record); causal.
+    record_mean_rr   = mean of pre_rr over all beats of the record (same value for every beat).
+pad_mask: (batch, beats) bool, True where the position is padding (ignored by attention).
+returns logits: (batch, beats, n_classes) for AAMI classes in the order of ``classes``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class TransNetConfig:
+    # --- data contract ---
+    fs_hz: float = 180.0                 # model sampling rate (MIT-BIH 360 Hz resampled 1:2)
+    before: int = 64                     # samples before R (0.356 s at 180 Hz: covers the P wave)
+    after: int = 80                      # samples after R (0.444 s: covers the T wave)
+    channels: list[str] = field(default_factory=lambda: ["beat", "beat_minus_record_median"])
+    classes: list[str] = field(default_factory=lambda: ["N", "S", "V", "F", "Q"])
+    n_classes: int = 5
+    seq_len: int = 64                    # beats per training sequence (inference may use any length <= max_len)
+    max_len: int = 512                   # size of the learned positional table
+    local_rr_beats: int = 10             # local_mean_rr = mean of the last 10 pre-RR (documentation of the contract)
+    bandpass_hz: tuple[float, float] = (0.5, 35.0)
+    # --- tokenizer (1D ResNet) ---
+    stem_channels: int = 16
+    block_channels: tuple[int, ...] = (16, 32, 48)  # one stride-2 residual block per entry
+    kernel_size: int = 7
+    pool_bins: int = 4                   # adaptive-pool to a few bins so the token keeps WHERE things happen (P wave)
+    # --- transformer ---
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    ff_mult: int = 2
+    dropout: float = 0.1
+    token_dropout: float = 0.0           # optional: drop whole morphology tokens in training (forces use of context)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channels)
+
+    @property
+    def n_samples(self) -> int:
+        return self.before + self.after
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Building blocks
+# ----------------------------------------------------------------------------------------------------------
+class ResBlock1d(nn.Module):
+    """Pre-activation-free basic residual block: conv-bn-relu-conv-bn + (strided 1x1) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, k: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv1d(c_in, c_out, k, stride=stride, padding=k // 2, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_out)
+        self.conv2 = nn.Conv1d(c_out, c_out, k, padding=k // 2, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.short = (
+            nn.Identity()
+            if (stride == 1 and c_in == c_out)
+            else nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # (n, c_in, L) -> (n, c_out, L/stride)
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + self.short(x))
+
+
+class BeatTokenizer(nn.Module):
+    """Learnable morphology tokenizer: one beat window -> one d_model token."""
+
+    def __init__(self, cfg: TransNetConfig):
+        super().__init__()
+        k = cfg.kernel_size
+        self.stem = nn.Sequential(
+            nn.Conv1d(cfg.n_channels, cfg.stem_channels, k, padding=k // 2, bias=False),
+            nn.BatchNorm1d(cfg.stem_channels),
+            nn.ReLU(),
+        )
+        blocks, c = [], cfg.stem_channels
+        for c_out in cfg.block_channels:
+            blocks.append(ResBlock1d(c, c_out, k, stride=2))
+            c = c_out
+        self.blocks = nn.Sequential(*blocks)
+        # Adaptive pooling to a few bins (not global): the position of a deflection relative to R
+        # (early P wave, wide QRS) is diagnostic, global averaging would throw it away.
+        self.pool = nn.AdaptiveAvgPool1d(cfg.pool_bins)
+        self.proj = nn.Linear(c * cfg.pool_bins, cfg.d_model)
+
+    def forward(self, x: Tensor) -> Tensor:  # (n, C, S) -> (n, d_model)
+        h = self.blocks(self.stem(x))         # (n, c, S/2^blocks)
+        h = self.pool(h).flatten(1)           # (n, c*pool_bins)
+        return self.proj(h)                   # (n, d_model)
+
+
+class RRFeatures(nn.Module):
+    """Raw RR seconds -> scale-free log-ratios -> d_model embedding.
+
+    Only ratios are used (no absolute RR): prematurity relative to the patient's own local and overall
+    rhythm is what carries across patients; absolute heart rate mostly identifies the patient.
+    """
+
+    n_feats = 6
+
+    def __init__(self, cfg: TransNetConfig):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(self.n_feats, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+
+    @staticmethod
+    def features(rr: Tensor) -> Tensor:  # (B, T, 4) seconds -> (B, T, 6)
+        rr = rr.clamp_min(1e-2)  # padded / degenerate positions stay finite
+        pre, post, loc, rec = rr.unbind(-1)
+        f = torch.stack(
+            [
+                torch.log(pre / loc),    # prematurity vs local rhythm (the key S/V cue)
+                torch.log(post / loc),   # compensatory pause
+                torch.log(pre / rec),    # prematurity vs the whole record
+                torch.log(post / rec),
+                torch.log(post / pre),   # short-long pattern
+                torch.log(loc / rec),    # local rate vs record (runs, tachycardia episodes)
+            ],
+            dim=-1,
+        )
+        return f.clamp(-3.0, 3.0)
+
+    def forward(self, rr: Tensor) -> Tensor:  # (B, T, 4) -> (B, T, d_model)
+        return self.mlp(self.features(rr))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. The model
+# ----------------------------------------------------------------------------------------------------------
+class ECGTransNet(nn.Module):
+    """Per-beat classifier: morphology token + RR embedding + position -> Transformer -> logits."""
+
+    def __init__(self, cfg: TransNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tokenizer = BeatTokenizer(cfg)
+        self.rr_embed = RRFeatures(cfg)
+        self.pos = nn.Parameter(torch.zeros(cfg.max_len, d))  # learned positions (neighbour order matters)
+        nn.init.normal_(self.pos, std=0.02)
+        self.in_norm = nn.LayerNorm(d)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=cfg.n_heads,
+            dim_feedforward=cfg.ff_mult * d,
+            dropout=cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,  # pre-norm: stable with small data and no warm-up tricks
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.n_classes)
+
+    def forward(self, windows: Tensor, rr: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        B, T, C, S = windows.shape                                   # (B, T, C, S)
+        tok = self.tokenizer(windows.reshape(B * T, C, S))           # (B*T, d)
+        tok = tok.view(B, T, -1)                                     # (B, T, d)
+        if self.training and self.cfg.token_dropout > 0:
+            keep = torch.rand(B, T, 1, device=tok.device) >= self.cfg.token_dropout
+            tok = tok * keep
+        x = tok + self.rr_embed(rr) + self.pos[:T]                   # (B, T, d)
+        x = self.encoder(self.in_norm(x), src_key_padding_mask=pad_mask)  # (B, T, d)
+        return self.head(self.out_norm(x))                           # (B, T, n_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

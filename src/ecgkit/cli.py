@@ -1,0 +1,261 @@
+"""The ``ecgkit`` command line: one thin subcommand per stage.
+
+Each command parses options, then calls the stage module named after it. Errors of
+the :class:`~ecgkit.errors.EcgkitError` family become one line on stderr and exit 1.
+Plugins add commands through the ``register_commands(cli)`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EcgkitError
+
+
+class MultiValue(click.Option):
+    """An option taking several values after one flag: ``--records 100 101 102``.
+
+    Also accepts repeated flags and comma-separated lists.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("multiple", True)
+        super().__init__(*args, **kwargs)
+
+    def add_to_parser(self, parser, ctx):
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            orig = opt.process
+
+            def process(value, state, orig=orig):
+                orig(value, state)
+                while state.rargs and not state.rargs[0].startswith("-"):
+                    orig(state.rargs.pop(0), state)
+
+            opt.process = process
+
+    def type_cast_value(self, ctx, value):
+        values = super().type_cast_value(ctx, value)
+        return tuple(v for item in values for v in str(item).split(",") if v)
+
+
+class EcgkitGroup(click.Group):
+    """Turns EcgkitError into a one-line error; loads plugin commands on first use."""
+
+    _plugins_loaded = False
+
+    def _load_plugin_commands(self):
+        if not self._plugins_loaded:
+            type(self)._plugins_loaded = True
+            try:
+                from .plugins import get_plugin_manager
+
+                get_plugin_manager().hook.register_commands(cli=self)
+            except EcgkitError as exc:
+                raise click.ClickException(str(exc)) from None
+
+    def list_commands(self, ctx):
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        self._load_plugin_commands()
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EcgkitError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+
+
+def data_option(f):
+    return click.option("--data", "data", type=click.Path(file_okay=False), default=None,
+                        help="Data directory (default: $ECGKIT_DATA, else the user cache).")(f)
+
+
+def records_option(f):
+    return click.option("--records", cls=MultiValue, default=None,
+                        help="Record names in the data directory, record paths, or a split "
+                             "(DS1, DS2, all). Space- or comma-separated.")(f)
+
+
+def lead_option(f):
+    return click.option("--lead", default=None, help="Lead name (default MLII, else the first channel).")(f)
+
+
+def not_yet(stage: str):
+    raise click.ClickException(f"`ecgkit {stage}` is not yet available in this version")
+
+
+@click.group(cls=EcgkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ecgkit")
+def cli():
+    """ecgkit: heartbeat classification from ECG records.
+
+    Stages: preprocess -> segment -> train -> quantize -> evaluate -> explain;
+    `ecgkit run CONFIG.yaml` runs them all, `ecgkit annotate` labels whole records.
+    """
+
+
+@cli.command()
+@data_option
+@records_option
+@lead_option
+@click.option("--step", "steps", multiple=True,
+              help="Preprocessor, optionally with params: 'bandpass', 'resample:fs_hz=180'. "
+                   "Repeatable; default: bandpass then zscore.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+def preprocess(data, records, lead, steps, out):
+    """Filter and normalise records; write <out>/<record>.npz (signal, fs)."""
+    from .preprocess import DEFAULT_CHAIN, build_chain, parse_step
+    from .datasets import iter_records
+    from .preprocess import preprocess_records
+
+    chain = build_chain([parse_step(s) for s in steps] or list(DEFAULT_CHAIN))
+    paths = preprocess_records(iter_records(records, data, lead), chain, Path(out))
+    click.echo(f"wrote {len(paths)} preprocessed record(s) to {out}")
+
+
+@cli.command()
+@data_option
+@records_option
+@lead_option
+@click.option("--segmenter", default="pan-tompkins", show_default=True, help="Registered segmenter name.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--ext", default="qrs", show_default=True, help="Annotation file extension.")
+@click.option("--windows", is_flag=True, help="Also write beat windows + RR features + labels (beats.npz).")
+@click.option("--fs", "fs_hz", type=float, default=360.0, show_default=True,
+              help="Sampling rate of the windows (with --windows).")
+@click.option("--before", "before_s", type=float, default=0.25, show_default=True,
+              help="Window start before the R peak, seconds (with --windows).")
+@click.option("--after", "after_s", type=float, default=0.45, show_default=True,
+              help="Window end after the R peak, seconds (with --windows).")
+def segment(data, records, lead, segmenter, out, ext, windows, fs_hz, before_s, after_s):
+    """Detect beats; write <out>/<record>.<ext> WFDB annotations (each beat 'N')."""
+    from .datasets import iter_records
+    from .segment import segment_records
+
+    summary = segment_records(iter_records(records, data, lead), segmenter, Path(out), ext,
+                              windows=windows, fs_hz=fs_hz, before_s=before_s, after_s=after_s)
+    click.echo(summary)
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@data_option
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (overrides the config).")
+def train(config_path, resume, data, out):
+    """Train an encoder on beats of the training records (see the config reference)."""
+    not_yet("train")
+
+
+@cli.command()
+@click.option("--model", default="transnet")
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@data_option
+def quantize(model, out, data):
+    """Post-training int8 quantization of a model."""
+    not_yet("quantize")
+
+
+@cli.command()
+@click.option("--model", default="transnet")
+@data_option
+@click.option("--split", default="DS2", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+def evaluate(model, data, split, out):
+    """AAMI EC57 evaluation of a model on a split."""
+    not_yet("evaluate")
+
+
+@cli.command()
+@click.option("--model", default="transnet")
+@click.option("--record", default=None)
+@click.option("--beat", type=int, default=None)
+@click.option("--method", default="gradcam")
+@click.option("--out", type=click.Path(file_okay=False), default=None)
+def explain(model, record, beat, method, out):
+    """Attribution heatmaps (Grad-CAM, SHAP) for a beat's classification."""
+    not_yet("explain")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", default="transnet")
+@click.option("--segmenter", default="pan-tompkins")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--ext", default="ecgkit")
+@lead_option
+def annotate(paths, model, segmenter, out, ext, lead):
+    """Label every beat of whole records; write WFDB annotation files."""
+    not_yet("annotate")
+
+
+@cli.command()
+@click.argument("config_path", type=click.Path(dir_okay=False))
+def run(config_path):
+    """Run the whole pipeline described by a YAML config."""
+    not_yet("run")
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_cmd(as_json):
+    """List every registered component by kind, with the plugin that provided it."""
+    from .registry import collect
+
+    kinds = ("preprocessors", "segmenters", "encoders", "explainers")
+    data = {k: [{"name": c.name, "plugin": c.plugin, "description": c.description}
+                for c in collect(k).values()] for k in kinds}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="ecgkit components")
+    for col in ("kind", "name", "plugin", "description"):
+        table.add_column(col)
+    for kind, items in data.items():
+        for item in items:
+            table.add_row(kind, item["name"], item["plugin"], item["description"])
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("database", type=click.Choice(["mitdb"]))
+@click.option("--dest", type=click.Path(file_okay=False), default=None,
+              help="Target directory (default: the user cache).")
+def download(database, dest):
+    """Download a database from PhysioNet (through wfdb) and verify its checksums."""
+    from .datasets.download import download_database
+    from .progress import progress_bar
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"downloading {database}", total=None)
+
+        def progress(done, total, name):
+            bar.update(task, completed=done, total=total, description=f"{database} {name}")
+
+        path = download_database(database, dest, progress=progress)
+    click.echo(f"{database} is in {path} (checksums verified)")
+
+
+def main():  # console-script entry point
+    cli(prog_name="ecgkit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

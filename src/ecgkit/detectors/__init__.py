@@ -1,0 +1,1 @@
+"""QRS detectors: functions ``detector(signal, fs, **params) -> R-peak sample indices``."""

@@ -1,0 +1,189 @@
+"""Reading WFDB records and writing WFDB annotations, through ``wfdb`` only.
+
+A record travels through ecgkit as a :class:`Record`: one lead in mV, its sampling
+rate, lead name and record name. Everything that can go wrong with a file on disk
+becomes a one-line :class:`~ecgkit.errors.RecordError`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import wfdb
+
+from .errors import RecordError
+
+#: Bytes per sample of the WFDB storage formats (used to detect truncated signal files).
+_BYTES_PER_SAMPLE = {"8": 1, "16": 2, "61": 2, "80": 1, "160": 2, "212": 1.5, "24": 3, "32": 4,
+                     "310": 4 / 3, "311": 4 / 3}
+
+
+@dataclass
+class Record:
+    """One lead of a WFDB record.
+
+    Attributes:
+        signal: 1-D float64 array in the record's physical units (mV for ECG).
+        fs: sampling rate in Hz.
+        lead: name of the lead (e.g. ``MLII``).
+        name: record name (file stem, e.g. ``100``).
+        path: record path without extension (``str``), used to find annotation files.
+    """
+
+    signal: np.ndarray
+    fs: float
+    lead: str
+    name: str
+    path: str
+    units: str = "mV"
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.signal) / self.fs
+
+
+def _record_base(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.suffix in (".hea", ".dat", ".atr"):
+        p = p.with_suffix("")
+    return p
+
+
+def _check_signal_files(header, base: Path) -> None:
+    """Refuse missing or truncated signal files before wfdb trips over them."""
+    if header.file_name is None:
+        return
+    per_file: dict[str, list[int]] = {}
+    for fname, fmt, offset in zip(header.file_name, header.fmt, header.byte_offset or [None] * len(header.fmt)):
+        per_file.setdefault(fname, [fmt, 0, offset or 0])
+        per_file[fname][1] += 1
+    for fname, (fmt, nsig, offset) in per_file.items():
+        f = base.parent / fname
+        if not f.is_file():
+            raise RecordError(f"record {base.name}: signal file {f} named in the header is missing")
+        bps = _BYTES_PER_SAMPLE.get(str(fmt))
+        if bps is None or not header.sig_len:
+            continue
+        expected = int(np.ceil(header.sig_len * nsig * bps)) + int(offset)
+        actual = f.stat().st_size
+        if actual < expected - 2:  # format 212/310 may round the last frame
+            raise RecordError(
+                f"record {base.name}: signal file {f.name} is truncated "
+                f"({actual} bytes, header implies {expected})"
+            )
+
+
+def read_header(path: str | os.PathLike):
+    """The wfdb header of ``path``, or a clear RecordError."""
+    base = _record_base(path)
+    if base.is_dir():
+        raise RecordError(f"{base} is a directory, not a record; give a record path without extension")
+    hea = base.with_name(base.name + ".hea")
+    if not hea.is_file():
+        raise RecordError(f"record {base} not found (no {hea.name} in {base.parent or '.'})")
+    try:
+        return wfdb.rdheader(str(base))
+    except Exception as exc:  # wfdb raises many types for a malformed header
+        raise RecordError(f"record {base}: unreadable header {hea.name}: {exc or type(exc).__name__}") from None
+
+
+def pick_lead(sig_names: list[str], lead: str | None) -> int:
+    """Index of ``lead`` in ``sig_names``; default MLII, else the first channel."""
+    names = list(sig_names or [])
+    if not names:
+        raise RecordError("record has no signals")
+    if lead is None:
+        return names.index("MLII") if "MLII" in names else 0
+    if lead in names:
+        return names.index(lead)
+    upper = [n.upper() for n in names]
+    if lead.upper() in upper:
+        return upper.index(lead.upper())
+    raise RecordError(f"lead {lead!r} not in record (leads: {', '.join(names)})")
+
+
+def read_record(path: str | os.PathLike, lead: str | None = None) -> Record:
+    """Read one lead of a WFDB record (path without extension).
+
+    ``lead`` is a lead name (case-insensitive); default MLII if present, else the first
+    channel. Raises :class:`RecordError` on a missing, malformed or truncated record.
+    """
+    base = _record_base(path)
+    header = read_header(base)
+    channel = pick_lead(header.sig_name, lead)
+    _check_signal_files(header, base)
+    try:
+        rec = wfdb.rdrecord(str(base), channels=[channel], physical=True)
+    except Exception as exc:
+        raise RecordError(f"record {base}: unreadable signal file: {exc or type(exc).__name__}") from None
+    sig = np.asarray(rec.p_signal[:, 0], dtype=np.float64)
+    if sig.size == 0:
+        raise RecordError(f"record {base}: signal is empty")
+    # wfdb marks invalid samples as NaN; fill them so filters stay finite
+    bad = ~np.isfinite(sig)
+    if bad.all():
+        raise RecordError(f"record {base}: lead {header.sig_name[channel]} has no valid samples")
+    if bad.any():
+        idx = np.arange(sig.size)
+        sig[bad] = np.interp(idx[bad], idx[~bad], sig[~bad])
+    units = (rec.units or ["mV"])[0] or "mV"
+    if units.lower() in ("uv", "µv"):
+        sig = sig / 1000.0
+        units = "mV"
+    return Record(signal=sig, fs=float(rec.fs), lead=header.sig_name[channel], name=base.name,
+                  path=str(base), units=units, meta={"n_invalid": int(bad.sum())})
+
+
+def read_annotations(path: str | os.PathLike, extension: str = "atr"):
+    """``(samples, symbols)`` of the annotation file ``<path>.<extension>``."""
+    base = _record_base(path)
+    f = base.with_name(f"{base.name}.{extension}")
+    if not f.is_file():
+        raise RecordError(f"record {base}: annotation file {f.name} not found")
+    try:
+        ann = wfdb.rdann(str(base), extension)
+    except Exception as exc:
+        raise RecordError(f"record {base}: unreadable annotation file {f.name}: {exc}") from None
+    return np.asarray(ann.sample, dtype=np.int64), list(ann.symbol)
+
+
+def write_annotations(out_dir: str | os.PathLike, record_name: str, extension: str,
+                      samples: np.ndarray, symbols: list[str], fs: float) -> Path:
+    """Write ``<out_dir>/<record_name>.<extension>`` atomically (temp dir, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = np.asarray(samples, dtype=np.int64)
+    final = out_dir / f"{record_name}.{extension}"
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp:
+        if samples.size:
+            wfdb.wrann(record_name, extension, samples, symbol=list(symbols), fs=fs, write_dir=tmp)
+        else:  # wfdb refuses empty annotation sets; an empty file is a valid "no beats" answer
+            Path(tmp, final.name).write_bytes(b"\x00\x00")
+        os.replace(Path(tmp, final.name), final)
+    return final
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so no partial file is ever left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)

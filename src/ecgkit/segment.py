@@ -1,0 +1,301 @@
+"""Segmentation: beat detection, beat windows and RR features.
+
+Built-in segmenters (registered through ``register_segmenters``):
+
+* ``pan-tompkins`` -- ecgkit's implementation of Pan & Tompkins (1985),
+  see :mod:`ecgkit.detectors.pan_tompkins`;
+* ``xqrs`` -- wfdb's XQRS detector (``wfdb.processing.XQRS``);
+* ``reference`` -- the record's own reference beat annotations (``.atr``).
+
+Contract: ``factory(**params)`` returns ``detect(signal, fs) -> np.ndarray[int]``
+of R-peak sample indices; ``signal`` is 1-D, in mV, at ``fs`` Hz.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import hookimpl
+from .datasets.mitdb import AAMI_CLASSES, BEAT_SYMBOLS, reference_beats
+from .errors import RecordError
+from .io import Record, read_annotations
+
+
+def pan_tompkins(**params):
+    """Pan & Tompkins 1985 QRS detector (ecgkit's own implementation)."""
+    from .detectors.pan_tompkins import pan_tompkins as _pt
+
+    def detect(signal, fs):
+        return _pt(np.asarray(signal, dtype=np.float64), float(fs), **params)
+
+    return detect
+
+
+def xqrs(**params):
+    """wfdb's XQRS detector (wfdb.processing.XQRS, default configuration)."""
+    from wfdb import processing
+
+    def detect(signal, fs):
+        x = np.asarray(signal, dtype=np.float64)
+        if x.size < int(2 * fs):  # XQRS needs a learning period; shorter input holds no beats it can find
+            return np.zeros(0, dtype=np.int64)
+        q = processing.XQRS(sig=x, fs=float(fs), **params)
+        q.detect(verbose=False)
+        return np.asarray(q.qrs_inds, dtype=np.int64)
+
+    return detect
+
+
+def reference(extension: str = "atr"):
+    """Reference beat annotations of the record (.atr): the literature's protocol."""
+
+    def detect(signal, fs, *, record: Record | None = None):
+        if record is None:
+            raise RecordError("the 'reference' segmenter needs a record with annotation files")
+        samples, symbols = read_annotations(record.path, extension)
+        keep = np.array([s in BEAT_SYMBOLS for s in symbols], dtype=bool)
+        peaks = samples[keep] if samples.size else samples
+        if abs(fs - record.fs) > 1e-9:
+            peaks = np.round(peaks * fs / record.fs).astype(np.int64)
+        return peaks
+
+    return detect
+
+
+@hookimpl
+def register_segmenters():
+    return {"pan-tompkins": pan_tompkins, "xqrs": xqrs, "reference": reference}
+
+
+def detect_beats(detector, record: Record) -> np.ndarray:
+    """Run a segmenter's ``detect`` on a record's signal (passing the record if it accepts one)."""
+    try:
+        accepts_record = "record" in inspect.signature(detector).parameters
+    except (TypeError, ValueError):
+        accepts_record = False
+    if accepts_record:
+        peaks = detector(record.signal, record.fs, record=record)
+    else:
+        peaks = detector(record.signal, record.fs)
+    peaks = np.unique(np.asarray(peaks, dtype=np.int64))
+    return peaks[(peaks >= 0) & (peaks < len(record.signal))]
+
+
+# --- RR features ---------------------------------------------------------------------------
+
+#: Column order of the RR feature matrix (all in seconds).
+RR_FEATURES = ("pre_rr", "post_rr", "local_mean_rr", "record_mean_rr")
+
+
+def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarray:
+    """RR features in seconds, ``(n_beats, 4)``: pre-RR, post-RR, local mean RR, record mean RR.
+
+    * pre-RR: time from the previous beat (the first beat takes its post-RR);
+    * post-RR: time to the next beat (the last beat takes its pre-RR);
+    * local mean RR: mean pre-RR over a centred window of ``local_beats`` beats
+      around the beat (fewer at the record edges);
+    * record mean RR: mean of all pre-RR intervals of the record.
+
+    A record with a single beat gets 1 s everywhere (no rhythm information).
+    """
+    peaks = np.asarray(peaks, dtype=np.float64)
+    n = peaks.size
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    if n == 1:
+        return np.ones((1, 4), dtype=np.float32)
+    d = np.diff(peaks) / fs
+    pre = np.concatenate([[d[0]], d])
+    post = np.concatenate([d, [d[-1]]])
+    half = local_beats // 2
+    c = np.concatenate([[0.0], np.cumsum(pre)])
+    lo = np.clip(np.arange(n) - half, 0, n)
+    hi = np.clip(np.arange(n) + half + 1, 0, n)
+    local = (c[hi] - c[lo]) / (hi - lo)
+    rec = np.full(n, d.mean())
+    return np.stack([pre, post, local, rec], axis=1).astype(np.float32)
+
+
+# --- beat windows --------------------------------------------------------------------------
+
+def beat_windows(signal: np.ndarray, peaks: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Windows ``signal[p - before : p + after]`` for every peak, zero-padded at the edges.
+
+    Returns ``(n_beats, before + after)`` float32.
+    """
+    x = np.asarray(signal, dtype=np.float32)
+    peaks = np.asarray(peaks, dtype=np.int64)
+    padded = np.concatenate([np.zeros(before, np.float32), x, np.zeros(after, np.float32)])
+    idx = peaks[:, None] + np.arange(before + after)[None, :]  # index into padded
+    return padded[idx] if peaks.size else np.zeros((0, before + after), np.float32)
+
+
+def median_beat_channel(windows: np.ndarray) -> np.ndarray:
+    """Each beat minus the record's median beat: shape relative to the patient's dominant beat."""
+    if len(windows) == 0:
+        return windows.copy()
+    return (windows - np.median(windows, axis=0, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class BeatSet:
+    """Beats of one or more records, ready for a model.
+
+    ``windows`` (n, channels, samples) float32; ``rr`` (n, 4) seconds; ``labels`` (n,)
+    AAMI class index or -1 when unknown; ``records`` (n,) record names; ``samples`` (n,)
+    beat positions in the record's own sampling rate.
+    """
+
+    windows: np.ndarray
+    rr: np.ndarray
+    labels: np.ndarray
+    records: np.ndarray
+    samples: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def save(self, path) -> None:
+        import json
+
+        from .io import atomic_write
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, windows=self.windows, rr=self.rr, labels=self.labels,
+                                    records=self.records.astype("U16"), samples=self.samples,
+                                    meta=np.array(json.dumps(self.meta)))
+
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path) -> "BeatSet":
+        import json
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["windows"], z["rr"], z["labels"], z["records"], z["samples"],
+                           json.loads(str(z["meta"])))
+        except (OSError, KeyError, ValueError) as exc:
+            from .errors import DataError
+
+            raise DataError(f"{path}: not an ecgkit beat dataset ({exc})") from None
+
+    @classmethod
+    def concat(cls, sets: list["BeatSet"]) -> "BeatSet":
+        if not sets:
+            raise ValueError("no beat sets to concatenate")
+        return cls(*(np.concatenate([getattr(s, a) for s in sets]) for a in
+                     ("windows", "rr", "labels", "records", "samples")), dict(sets[0].meta))
+
+
+def match_labels(peaks: np.ndarray, ref_samples: np.ndarray, ref_labels: np.ndarray,
+                 tolerance: int) -> np.ndarray:
+    """Label detected peaks with the class of the nearest reference beat within ``tolerance``; -1 if none."""
+    out = np.full(peaks.size, -1, dtype=np.int64)
+    if ref_samples.size == 0 or peaks.size == 0:
+        return out
+    j = np.clip(np.searchsorted(ref_samples, peaks), 1, ref_samples.size - 1)
+    left, right = ref_samples[j - 1], ref_samples[j]
+    nearest = np.where(np.abs(peaks - left) <= np.abs(peaks - right), j - 1, j)
+    if ref_samples.size == 1:
+        nearest = np.zeros_like(peaks)
+    ok = np.abs(peaks - ref_samples[nearest]) <= tolerance
+    out[ok] = ref_labels[nearest[ok]]
+    return out
+
+
+def record_beats(record: Record, peaks: np.ndarray, chain, fs_model: float, before: int, after: int,
+                 channels=("beat",), local_beats: int = 10, labels: np.ndarray | None = None) -> BeatSet:
+    """Turn one record and its beat positions into a :class:`BeatSet` at the model's rate."""
+    from .preprocess import run_chain
+
+    x, fs = run_chain(record.signal, record.fs, chain)
+    if abs(fs - fs_model) > 1e-6:
+        raise RecordError(f"preprocessing produced {fs} Hz but the model expects {fs_model} Hz; "
+                          f"add a resample step")
+    pos = np.round(peaks * fs_model / record.fs).astype(np.int64)
+    w = beat_windows(x, pos, before, after)
+    chans = []
+    for c in channels:
+        if c == "beat":
+            chans.append(w)
+        elif c == "beat_minus_record_median":
+            chans.append(median_beat_channel(w))
+        else:
+            raise RecordError(f"unknown input channel {c!r}")
+    windows = np.stack(chans, axis=1) if len(w) else np.zeros((0, len(chans), before + after), np.float32)
+    rr = rr_features(peaks, record.fs, local_beats)
+    if labels is None:
+        labels = np.full(peaks.size, -1, dtype=np.int64)
+    return BeatSet(windows, rr, labels, np.full(peaks.size, record.name, dtype="U16"), peaks.astype(np.int64))
+
+
+def labelled_peaks(record: Record, detector, tolerance_s: float = 0.15):
+    """Detected peaks of ``record`` and their AAMI labels from the reference annotations.
+
+    Each peak takes the class of the nearest AAMI-classed reference beat within
+    ``tolerance_s`` (with the ``reference`` segmenter the match is exact); peaks with no
+    such beat, and every peak of a record without ``.atr``, get label -1.
+    """
+    peaks = detect_beats(detector, record)
+    try:
+        ref_s, ref_sym = read_annotations(record.path, "atr")
+    except RecordError:
+        return peaks, np.full(peaks.size, -1, dtype=np.int64)
+    ref_samples, ref_labels = reference_beats(ref_s, ref_sym)
+    return peaks, match_labels(peaks, ref_samples, ref_labels, int(round(tolerance_s * record.fs)))
+
+
+CLASS_NAMES = AAMI_CLASSES
+
+
+def segment_records(records, segmenter: str, out_dir, ext: str = "qrs", *, windows: bool = False,
+                    fs_hz: float = 360.0, before_s: float = 0.25, after_s: float = 0.45,
+                    chain=None) -> str:
+    """Detect beats in each record and write ``<out_dir>/<record>.<ext>`` (every beat ``N``).
+
+    With ``windows`` also write ``<out_dir>/beats.npz``: beat windows (band-passed,
+    z-scored, resampled to ``fs_hz``), RR features, AAMI labels (-1 where the record
+    has no reference annotation) and record ids, as a :class:`BeatSet`.
+    """
+    from pathlib import Path
+
+    from .io import write_annotations
+    from .preprocess import build_chain
+    from .progress import progress_bar
+    from .registry import create
+
+    detector = create("segmenters", segmenter)
+    out_dir = Path(out_dir)
+    if chain is None:
+        chain = build_chain(["bandpass", "zscore", {"name": "resample", "fs_hz": fs_hz}])
+    before, after = int(round(before_s * fs_hz)), int(round(after_s * fs_hz))
+    sets, n_beats, n_records = [], 0, 0
+    with progress_bar() as bar:
+        task = bar.add_task(f"segmenting ({segmenter})", total=len(records) if hasattr(records, "__len__") else None)
+        for rec in records:
+            if windows:
+                peaks, labels = labelled_peaks(rec, detector)
+            else:
+                peaks = detect_beats(detector, rec)
+            if peaks.size == 0:
+                import warnings
+
+                warnings.warn(f"record {rec.name}: no beats detected", stacklevel=2)
+            write_annotations(out_dir, rec.name, ext, peaks, ["N"] * peaks.size, rec.fs)
+            if windows:
+                sets.append(record_beats(rec, peaks, chain, fs_hz, before, after, labels=labels))
+            n_beats += peaks.size
+            n_records += 1
+            bar.update(task, advance=1, description=f"segmenting {rec.name}")
+    if windows and sets:
+        bs = BeatSet.concat(sets)
+        bs.meta = {"fs_hz": fs_hz, "before_samples": before, "after_samples": after,
+                   "channels": ["beat"], "segmenter": segmenter, "rr_features": list(RR_FEATURES)}
+        bs.save(out_dir / "beats.npz")
+    return f"{n_beats} beats in {n_records} record(s) -> {out_dir}"
