@@ -157,8 +157,19 @@ def segment(data, records, lead, segmenter, out, ext, windows, fs_hz, before_s, 
 @data_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (overrides the config).")
 def train(config_path, resume, data, out):
-    """Train an encoder on beats of the training records (see the config reference)."""
-    not_yet("train")
+    """Train an encoder on beats of the training records (see the config reference).
+
+    Model selection uses the validation patients held out of the training records
+    (config key data.val), never the test split. Writes best.pt, last.pt,
+    metrics.json and training_curve.png to the run directory.
+    """
+    from .config import load_config
+    from .train import train as run_training
+
+    cfg = load_config(config_path)
+    best = run_training(cfg, run_dir=out, resume=resume, data_dir=data,
+                        log=lambda m: click.echo(m, err=True))
+    click.echo(f"best checkpoint: {best}")
 
 
 @cli.command()
@@ -171,13 +182,36 @@ def quantize(model, out, data):
 
 
 @cli.command()
-@click.option("--model", default="transnet")
+@click.option("--model", default="transnet", show_default=True,
+              help="Registered model name or checkpoint file.")
 @data_option
-@click.option("--split", default="DS2", show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None)
-def evaluate(model, data, split, out):
-    """AAMI EC57 evaluation of a model on a split."""
-    not_yet("evaluate")
+@click.option("--split", default="DS2", show_default=True, help="Split name (DS1, DS2, all).")
+@records_option
+@click.option("--segmenter", default="reference", show_default=True,
+              help="reference = the record's own beats (literature protocol); a detector = end to end.")
+@click.option("--protocol", type=click.Choice(["split", "kfold"]), default="split", show_default=True,
+              help="kfold: patient-wise k-fold training + evaluation over all non-paced records.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Training config for --protocol kfold.")
+@click.option("--folds", type=int, default=5, show_default=True)
+@lead_option
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Write report.json, report.md and confusion_matrix.png here.")
+def evaluate(model, data, split, records, segmenter, protocol, config_path, folds, lead, out):
+    """AAMI EC57 evaluation: per-class Se, +P, FPR, F1, accuracy, kappa, jk, per-record table."""
+    from .evaluate import evaluate as run_eval
+    from .evaluate import markdown
+
+    if protocol == "kfold":
+        from .config import load_config
+        from .evaluate import kfold
+
+        if not config_path:
+            raise click.UsageError("--protocol kfold needs --config (the training recipe for each fold)")
+        report = kfold(load_config(config_path), folds, data, out)
+    else:
+        report = run_eval(model, list(records) if records else [split], data, segmenter, lead, out)
+    click.echo(markdown(report))
 
 
 @cli.command()
@@ -193,14 +227,21 @@ def explain(model, record, beat, method, out):
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", default="transnet")
-@click.option("--segmenter", default="pan-tompkins")
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--ext", default="ecgkit")
+@click.option("--model", default="transnet", show_default=True, help="Registered model name or checkpoint file.")
+@click.option("--segmenter", default="pan-tompkins", show_default=True, help="Registered segmenter name.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--ext", default="ecgkit", show_default=True, help="Annotation file extension.")
 @lead_option
 def annotate(paths, model, segmenter, out, ext, lead):
-    """Label every beat of whole records; write WFDB annotation files."""
-    not_yet("annotate")
+    """Label every beat of whole records; write <out>/<record>.<ext> (symbols N S V F Q).
+
+    PATHS are WFDB record paths without extension, from any database and sampling rate.
+    """
+    from .annotate import annotate as run_annotate
+
+    for row in run_annotate(list(paths), model, segmenter, out, ext, lead):
+        counts = " ".join(f"{c} {row[c]}" for c in "NSVFQ" if c in row)
+        click.echo(f"{row['record']}: {row['beats']} beats ({counts}) -> {row['file']}")
 
 
 @cli.command()

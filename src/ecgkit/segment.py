@@ -95,8 +95,9 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarr
 
     * pre-RR: time from the previous beat (the first beat takes its post-RR);
     * post-RR: time to the next beat (the last beat takes its pre-RR);
-    * local mean RR: mean pre-RR over a centred window of ``local_beats`` beats
-      around the beat (fewer at the record edges);
+    * local mean RR: mean of the ``local_beats`` most recent pre-RR intervals, the
+      beat's own included (fewer at the start of the record); causal, so a premature
+      beat is compared with the rhythm that led up to it;
     * record mean RR: mean of all pre-RR intervals of the record.
 
     A record with a single beat gets 1 s everywhere (no rhythm information).
@@ -110,12 +111,11 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarr
     d = np.diff(peaks) / fs
     pre = np.concatenate([[d[0]], d])
     post = np.concatenate([d, [d[-1]]])
-    half = local_beats // 2
     c = np.concatenate([[0.0], np.cumsum(pre)])
-    lo = np.clip(np.arange(n) - half, 0, n)
-    hi = np.clip(np.arange(n) + half + 1, 0, n)
+    hi = np.arange(1, n + 1)
+    lo = np.maximum(hi - local_beats, 0)
     local = (c[hi] - c[lo]) / (hi - lo)
-    rec = np.full(n, d.mean())
+    rec = np.full(n, pre.mean())
     return np.stack([pre, post, local, rec], axis=1).astype(np.float32)
 
 
@@ -273,7 +273,7 @@ def segment_records(records, segmenter: str, out_dir, ext: str = "qrs", *, windo
     detector = create("segmenters", segmenter)
     out_dir = Path(out_dir)
     if chain is None:
-        chain = build_chain(["bandpass", "zscore", {"name": "resample", "fs_hz": fs_hz}])
+        chain = build_chain(["bandpass", {"name": "resample", "fs_hz": fs_hz}, "zscore"])
     before, after = int(round(before_s * fs_hz)), int(round(after_s * fs_hz))
     sets, n_beats, n_records = [], 0, 0
     with progress_bar() as bar:

@@ -62,6 +62,10 @@ class PanTompkinsParams:
     rr_high: float = 1.16  #: RR HIGH LIMIT
     rr_missed: float = 1.66  #: RR MISSED LIMIT
     initial_rr_s: float = 1.0  #: RR average assumed before the first two beats
+    retro: bool = True
+    max_decays: int = 0
+    spk_cap: float = 0.0
+    irregular_mode: str = "paper"
 
 
 # ---------------------------------------------------------------------------------------
@@ -157,6 +161,8 @@ class _Level:
         self.spk, self.npk, self.p = spk, npk, p
 
     def signal(self, peak: float, weight: float) -> None:
+        if self.p.spk_cap > 0:
+            peak = min(peak, self.p.spk_cap * self.spk)
         self.spk = weight * peak + (1.0 - weight) * self.spk
 
     def noise(self, peak: float) -> None:
@@ -189,7 +195,8 @@ class _RR:
         if in_limits or len(self.selected) == 0:
             self.selected.append(rr)
             self.average2 = sum(self.selected) / len(self.selected)
-        self.irregular = not in_limits
+        m = self.p.irregular_mode
+        self.irregular = (not in_limits) if m == "paper" else (rr >= high if m == "long" else False)
         if all(p.rr_low * self.average2 < r < p.rr_high * self.average2 for r in self.recent):
             self.average2 = self.average1
 
@@ -209,38 +216,64 @@ def _decide(marks, peak_i, peak_f, max_slope, x_len, fs, mwi, filtered, p):
     rr = _RR(p.initial_rr_s * fs, p)
 
     qrs: list[int] = []  # indices into marks
-    is_qrs = np.zeros(len(marks), dtype=bool)
     last = -1  # index of the last QRS mark
     last_slope = 0.0
+    undo = None  # state before the last QRS was accepted
+
+    def snapshot():
+        return (level_i.spk, level_i.npk, level_f.spk, level_f.npk, deque(rr.recent),
+                deque(rr.selected), rr.average1, rr.average2, rr.irregular, last, last_slope)
+
+    def restore(s):
+        nonlocal last, last_slope
+        (level_i.spk, level_i.npk, level_f.spk, level_f.npk, rr.recent, rr.selected,
+         rr.average1, rr.average2, rr.irregular, last, last_slope) = s
 
     def is_twave(k: int) -> bool:
         return (last >= 0 and marks[k] - marks[last] < twave
                 and max_slope[k] < p.twave_slope_ratio * last_slope)
 
     def accept(k: int, weight: float) -> None:
-        nonlocal last, last_slope
+        nonlocal last, last_slope, undo
+        if (p.retro and last >= 0 and marks[k] - marks[last] < twave
+                and last_slope < p.twave_slope_ratio * max_slope[k]):
+            # the previous "QRS" has less than half this one's slope: it was a P or T wave
+            prev = last
+            restore(undo)
+            qrs.pop()
+            level_i.noise(peak_i[prev])
+            level_f.noise(peak_f[prev])
+        undo = snapshot()
         level_i.signal(peak_i[k], weight)
         level_f.signal(peak_f[k], weight)
         if last >= 0:
             rr.add(float(marks[k] - marks[last]))
         qrs.append(k)
-        is_qrs[k] = True
         last, last_slope = k, max_slope[k]
 
     for k in range(len(marks)):
         t = marks[k]
         # search-back: no QRS for RR MISSED LIMIT -> best peak above the second thresholds
-        while last >= 0 and t - marks[last] > rr.missed_limit():
+        ref_t = marks[last] if last >= 0 else 0
+        decays = 0
+        while t - ref_t > rr.missed_limit():
             lo = last + 1
             best, best_val = -1, 0.0
             th_i2, th_f2 = level_i.threshold2(), level_f.threshold2()
             for j in range(lo, k):
-                if (marks[j] - marks[last] >= refractory and peak_i[j] > th_i2
+                if (marks[j] - ref_t >= refractory and peak_i[j] > th_i2
                         and peak_f[j] > th_f2 and peak_i[j] > best_val and not is_twave(j)):
                     best, best_val = j, peak_i[j]
             if best < 0:
-                break
+                if decays >= p.max_decays:
+                    break
+                # nothing above the second thresholds: the signal levels are stale
+                decays += 1
+                level_i.spk *= 0.5
+                level_f.spk *= 0.5
+                continue
             accept(best, p.searchback_weight)
+            ref_t = marks[last]
         if last >= 0 and t - marks[last] < refractory:
             continue
         th_i1, th_f1 = level_i.threshold1(), level_f.threshold1()

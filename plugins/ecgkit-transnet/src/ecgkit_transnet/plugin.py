@@ -1,0 +1,49 @@
+"""ecgkit hooks of the ECG-TransNet plugin: the encoder and its shipped checkpoint.
+
+Registered only through the public hooks (entry point ``ecgkit`` -> this module).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ecgkit
+
+WEIGHTS = Path(__file__).parent / "weights" / "transnet.pt"
+
+
+def transnet(**params):
+    """ECG-TransNet: 1D-ResNet beat tokenizer + Transformer across beats (per-beat labels)."""
+    from dataclasses import fields
+
+    from ecgkit.errors import ConfigError
+
+    from .model import ECGTransNet, TransNetConfig
+
+    known = {f.name for f in fields(TransNetConfig)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"transnet: unknown parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    cfg = TransNetConfig(**params)
+    model = ECGTransNet(cfg)
+    model.input_spec = {
+        "fs_hz": float(cfg.fs_hz),
+        "before_samples": int(cfg.before),
+        "after_samples": int(cfg.after),
+        "channels": list(cfg.channels),
+        "classes": list(cfg.classes),
+        "seq_len": int(cfg.seq_len),
+        "local_rr_beats": int(cfg.local_rr_beats),
+        "bandpass_hz": [float(f) for f in cfg.bandpass_hz],
+    }
+    return model
+
+
+@ecgkit.hookimpl
+def register_encoders():
+    return {"transnet": transnet}
+
+
+@ecgkit.hookimpl
+def register_models():
+    return {"transnet": str(WEIGHTS)} if WEIGHTS.is_file() else {}

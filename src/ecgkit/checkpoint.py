@@ -1,0 +1,103 @@
+"""Saving and safely loading model checkpoints.
+
+A checkpoint carries the model's input contract beside its weights (timm's
+pretrained-config habit): encoder name and parameters, sampling rate, window,
+channels, class list, the training config, seed, ecgkit version and licence.
+Loading always uses ``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError
+
+FORMAT = "ecgkit-checkpoint/1"
+
+
+def input_spec(model) -> dict:
+    """The encoder's input contract (``fs_hz``, ``before_samples``, ``after_samples``, ``channels``, ``classes``)."""
+    spec = getattr(model, "input_spec", None)
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"encoder {type(model).__name__} has no input_spec dict (see the register_encoders hook)")
+    return spec
+
+
+def _plain(x):
+    """Numpy scalars and tuples -> plain Python, so ``weights_only`` loading accepts them."""
+    import numpy as np
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temp file, then rename)."""
+    from .io import atomic_write
+
+    module = getattr(model, "module", model)  # unwrap DDP
+    payload = {
+        "format": FORMAT,
+        "encoder": encoder,
+        "params": _plain(params),
+        "input_spec": _plain(input_spec(module)),
+        "state_dict": module.state_dict(),
+        "ecgkit_version": __version__,
+        **{k: (v if k == "optimizer" else _plain(v)) for k, v in (extra or {}).items()},
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True``; clear errors otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file {p} not found")
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        hits = [ln for ln in lines if "Unsupported global" in ln or "error" in ln.lower()]
+        first = (hits or lines or [type(exc).__name__])[-1]
+        raise CheckpointError(f"refusing to load {p}: not a safe ecgkit checkpoint ({first[:200]})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not an ecgkit checkpoint (format {FORMAT})")
+    return ck
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """A registered model name (``register_models``) or a file path."""
+    from .registry import collect
+
+    models = collect("models")
+    if name_or_path in models:
+        return Path(models[name_or_path].factory)
+    p = Path(name_or_path)
+    if p.exists() or os.sep in name_or_path or p.suffix:
+        return p
+    known = ", ".join(models) or "none"
+    raise CheckpointError(f"unknown model {name_or_path!r}: not a registered model ({known}) nor a file")
+
+
+def load_model(name_or_path: str):
+    """Build the encoder named in a checkpoint and load its weights; returns ``(model, checkpoint)``."""
+    from .registry import create
+
+    ck = read_checkpoint(resolve_model_path(name_or_path))
+    model = create("encoders", ck["encoder"], **ck["params"])
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights do not fit encoder {ck['encoder']!r}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    model.eval()
+    return model, ck

@@ -1,0 +1,208 @@
+"""Configuration: YAML -> validated dataclasses, with clear errors for unknown or bad keys.
+
+Configuration flows one way: YAML file (and CLI options that were actually given) ->
+one typed :class:`RunConfig` -> constructors. Unknown keys are errors, never ignored.
+See ``docs/configuration.md`` and ``examples/mitdb_inter_patient.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which records train, select and test the model."""
+
+    data: str | None = None               # data directory (default: --data, $ECGKIT_DATA, cache)
+    train: list[str] | str = "DS1"        # training records or a split name
+    val: list[str] = field(default_factory=lambda: ["118", "124", "201", "220", "223"])  # held out of train
+    test: list[str] | str = "DS2"         # reported only; never used for selection
+    segmenter: str = "reference"          # beat positions for training (reference = .atr)
+    lead: str | None = None               # default MLII, else the first channel
+
+
+@dataclass
+class ModelConfig:
+    """Which registered encoder, with which parameters."""
+
+    name: str = "transnet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation strengths (0 turns one off)."""
+
+    amplitude: float = 1.5          # per-sequence gain drawn log-uniformly in [1/a, a]
+    amplitude_beat: float = 0.05    # per-beat gain jitter (std)
+    baseline: float = 0.1           # baseline wander: offset + slope + slow sine (std, z-units)
+    gaussian: float = 0.1           # white noise (max std, z-units)
+    emg: float = 0.1                # EMG-like high-passed bursts (max std, z-units)
+    shift_samples: int = 4          # random time shift of each window, +- samples
+    rr_jitter: float = 0.03         # multiplicative RR noise (std)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW + one-cycle schedule, class-weighted loss."""
+
+    epochs: int = 12
+    steps_per_epoch: int = 50
+    batch_size: int = 32                # sequences per step (per process under DDP)
+    seq_len: int = 64                   # consecutive beats per training sequence
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    loss: str = "ce"                    # "ce" or "focal"
+    focal_gamma: float = 2.0
+    class_weight_power: float = 0.5     # weight_c = (n_N / n_c) ** power, clipped to [1, cap]
+    class_weight_cap: float = 10.0
+    select_metric: str = "jk"           # validation metric for picking the best epoch
+    threads: int = 2                    # torch CPU threads per process
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    split: list[str] | str = "DS2"
+    segmenters: list[str] = field(default_factory=lambda: ["reference", "pan-tompkins"])
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; a config plus its seed reproduces a checkpoint."""
+
+    seed: int = 0
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    stages: list[str] = field(default_factory=lambda: ["segment", "train", "evaluate"])
+    quick: dict[str, Any] = field(default_factory=dict)   # overrides applied by `--quick`
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for a in args:
+            try:
+                return _check_type(value, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"config key {where!r}: {value!r} has the wrong type")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"config key {where!r}: expected null")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {where!r}: expected a list, got {value!r}")
+        return [_check_type(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {where!r}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {where!r}: expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # record names like 100 written without quotes
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {where!r}: expected a string, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {where!r}: expected true/false, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {where or 'top level'!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; known keys here: {', '.join(sorted(names))}")
+    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def deep_update(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, quick: bool = False) -> RunConfig:
+    """Read and validate a YAML run config; ``quick`` applies its ``quick:`` overrides."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    cfg = from_dict(RunConfig, raw)
+    if quick:
+        cfg = from_dict(RunConfig, deep_update(to_dict(cfg), cfg.quick))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that types alone cannot express."""
+    t = cfg.train
+    for name in ("epochs", "steps_per_epoch", "batch_size", "seq_len", "threads"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
+    if t.lr <= 0:
+        raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
+    if t.loss not in ("ce", "focal"):
+        raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
+    if t.select_metric not in ("jk", "accuracy", "macro_f1", "loss"):
+        raise ConfigError(f"config key 'train.select_metric' must be one of jk, accuracy, macro_f1, loss")
+    unknown = set(cfg.stages) - {"segment", "train", "quantize", "evaluate", "explain"}
+    if unknown:
+        raise ConfigError(f"config key 'stages': unknown stage {sorted(unknown)[0]!r}")
+    from .datasets.mitdb import SPLITS
+
+    train = set(SPLITS.get(cfg.data.train, ())) if isinstance(cfg.data.train, str) else set(cfg.data.train)
+    test = set(SPLITS.get(cfg.data.test, ())) if isinstance(cfg.data.test, str) else set(cfg.data.test)
+    if train & test:
+        raise ConfigError(f"records {sorted(train & test)} are in both data.train and data.test: "
+                          f"that leaks patients into the test set")
+    if not set(cfg.data.val) <= train:
+        raise ConfigError("data.val must be patients held out of data.train (they are removed from training)")

@@ -1,0 +1,135 @@
+"""Evaluation: the AAMI EC57 report of a model on a set of records.
+
+With the ``reference`` segmenter the model classifies the reference beats (the
+literature's protocol). With a detector (``pan-tompkins``) it runs end to end:
+detected beats are matched to reference beats within 150 ms; reference beats the
+detector missed count as errors of their class (column "missed"), and detections
+with no reference beat are reported as extra detections.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import resolve_records
+from .datasets.mitdb import AAMI_CLASSES, reference_beats
+from .inference import predict_log_proba, prepare_record
+from .io import atomic_write, read_annotations, read_record
+from .metrics import MISSED, ec57_report, summary_line
+from .registry import create
+
+
+def classify_records(model, spec: dict, paths, segmenter: str = "reference", lead=None, progress=None,
+                     tolerance_s: float = 0.15):
+    """Reference labels, predictions and record names over ``paths`` (missed beats -> ``MISSED``)."""
+    from .segment import detect_beats
+
+    detector = create("segmenters", segmenter)
+    ys, ps, rs = [], [], []
+    extra = 0
+    for path in paths:
+        rec = read_record(path, lead)
+        ref_s, ref_sym = read_annotations(rec.path, "atr")
+        ref_samples, ref_labels = reference_beats(ref_s, ref_sym)
+        peaks = detect_beats(detector, rec)
+        pred = predict_log_proba(model, prepare_record(rec, peaks, spec), spec).argmax(-1)
+        # each reference beat takes the prediction of the nearest detection within tolerance
+        tol = int(round(tolerance_s * rec.fs))
+        y_pred = np.full(ref_samples.size, MISSED, dtype=np.int64)
+        if peaks.size and ref_samples.size:
+            j = np.clip(np.searchsorted(peaks, ref_samples), 1, max(peaks.size - 1, 1))
+            cand = np.stack([np.clip(j - 1, 0, peaks.size - 1), np.clip(j, 0, peaks.size - 1)])
+            dist = np.abs(peaks[cand] - ref_samples[None, :])
+            best = cand[dist.argmin(0), np.arange(ref_samples.size)]
+            ok = np.abs(peaks[best] - ref_samples) <= tol
+            y_pred[ok] = pred[best[ok]]
+            extra += int(peaks.size - np.unique(best[ok]).size)
+        ys.append(ref_labels); ps.append(y_pred); rs.append(np.full(ref_labels.size, rec.name))
+        if progress:
+            progress(rec.name)
+    return np.concatenate(ys), np.concatenate(ps), np.concatenate(rs), extra
+
+
+def evaluate(model_ref: str, records, data=None, segmenter: str = "reference", lead=None,
+             out_dir=None, show_progress: bool = True) -> dict:
+    """EC57 report of ``model_ref`` (registered name or file) on ``records``; files in ``out_dir``."""
+    from .models import load_any_model
+    from .progress import progress_bar
+
+    model, spec, info = load_any_model(model_ref)
+    paths = resolve_records(records, data)
+    with progress_bar(disable=not show_progress) as bar:
+        task = bar.add_task(f"evaluating ({segmenter})", total=len(paths))
+        y, p, r, extra = classify_records(model, spec, paths, segmenter, lead,
+                                          lambda n: bar.update(task, advance=1, description=f"evaluating {n}"))
+    report = ec57_report(y, p, r)
+    report.update(model=str(model_ref), segmenter=segmenter, records=[Path(x).name for x in paths],
+                  extra_detections=extra, missed_beats=int((p == MISSED).sum()), model_info=info)
+    if out_dir:
+        write_report(report, Path(out_dir))
+    return report
+
+
+def _pct(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: gross table, summary figures and the per-record table."""
+    lines = [f"**{report.get('model', '')}** on {len(report.get('records', []))} records, segmenter "
+             f"`{report.get('segmenter', '')}`: {report['n_beats']} beats, accuracy {_pct(report['accuracy'])} %, "
+             f"kappa {report['kappa']:.3f}, jk {report['jk']:.3f}", "",
+             "| class | n | Se | +P | FPR | F1 |", "|---|---|---|---|---|---|"]
+    for c in AAMI_CLASSES:
+        s = report["gross"][c]
+        lines.append(f"| {c} | {s['n']} | {_pct(s['Se'])} | {_pct(s['+P'])} | {_pct(s['FPR'])} | {_pct(s['F1'])} |")
+    if "record_average" in report:
+        lines += ["", "Record average: " + ", ".join(
+            f"{c} Se {_pct(v['Se'])} +P {_pct(v['+P'])}" for c, v in report["record_average"].items() if c in "SV")]
+    if "per_record" in report:
+        lines += ["", "| record | beats | acc | S n | S Se | S +P | V n | V Se | V +P |", "|---|---|---|---|---|---|---|---|---|"]
+        for name, v in report["per_record"].items():
+            s, vv = v["stats"]["S"], v["stats"]["V"]
+            lines.append(f"| {name} | {v['n_beats']} | {_pct(v['accuracy'])} | {s['n']} | {_pct(s['Se'])} | "
+                         f"{_pct(s['+P'])} | {vv['n']} | {_pct(vv['Se'])} | {_pct(vv['+P'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_png(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(report["confusion_matrix"])
+    cols = list(AAMI_CLASSES) + ["missed"]
+    if cm[:, -1].sum() == 0:
+        cm, cols = cm[:, :-1], cols[:-1]
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, f"{cm[i, j]}\n{100 * norm[i, j]:.0f}%", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(AAMI_CLASSES)), AAMI_CLASSES)
+    ax.set(xlabel="predicted", ylabel="reference",
+           title=f"{report.get('segmenter', '')}: acc {_pct(report['accuracy'])} %")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    """``report.json``, ``report.md`` and ``confusion_matrix.png`` in ``out_dir`` (atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "report.json", lambda t: t.write_text(json.dumps(report, indent=1, default=float)))
+    atomic_write(out_dir / "report.md", lambda t: t.write_text(markdown(report)))
+    confusion_png(report, out_dir / "confusion_matrix.png")
+
+
+__all__ = ["classify_records", "evaluate", "markdown", "summary_line", "write_report"]

@@ -1,0 +1,97 @@
+"""Turning a record and its beat positions into model input, and model output into per-beat classes.
+
+Shared by ``train`` (validation), ``evaluate``, ``annotate``, ``quantize`` and ``explain`` so
+that every stage feeds the model exactly as it was trained: the checkpoint's input
+contract (sampling rate, window, channels, RR definition) decides, not the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .io import Record
+from .preprocess import bandpass, resample, run_chain, zscore
+from .segment import rr_features
+
+
+def model_signal(record: Record, spec: dict) -> np.ndarray:
+    """The record's lead as the model sees it: band-pass, resample to ``fs_hz``, z-score."""
+    low, high = spec.get("bandpass_hz", (0.5, 35.0))
+    chain = [bandpass(low, high), resample(spec["fs_hz"]), zscore()]
+    x, _ = run_chain(record.signal, record.fs, chain)
+    return x
+
+
+def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 0) -> dict:
+    """Model input of one record: ``W`` (n, S + 2 margin) windows, ``med`` median beat, ``rr`` (n, 4).
+
+    ``margin`` extra samples each side let training shift windows in time.
+    """
+    x = model_signal(record, spec)
+    fs = spec["fs_hz"]
+    b, a = spec["before_samples"] + margin, spec["after_samples"] + margin
+    pos = np.round(np.asarray(peaks) * fs / record.fs).astype(np.int64)
+    xp = np.concatenate([np.zeros(b, np.float32), x.astype(np.float32), np.zeros(a, np.float32)])
+    W = xp[pos[:, None] + np.arange(b + a)[None, :]] if pos.size else np.zeros((0, b + a), np.float32)
+    med = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
+    rr = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10))
+    return {"W": W.astype(np.float32), "med": med, "rr": rr}
+
+
+def make_channels(W: torch.Tensor, med: torch.Tensor, channels, margin: int, n_samples: int,
+                  shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Windows ``W`` (B, T, S + 2m) and medians ``med`` (B, S + 2m) -> model input (B, T, C, S).
+
+    ``shift`` (B, T) in ``[0, 2m]`` picks each beat's crop (time-shift augmentation);
+    default: the centred crop.
+    """
+    if shift is None:
+        beat = W[..., margin:margin + n_samples]
+    else:
+        idx = shift[..., None] + torch.arange(n_samples)[None, None, :]  # (B, T, S)
+        beat = torch.gather(W, 2, idx)
+    m = med[:, None, margin:margin + n_samples]  # (B, 1, S)
+    out = []
+    for c in channels:
+        if c == "beat":
+            out.append(beat)
+        elif c == "beat_minus_record_median":
+            out.append(beat - m)
+        else:
+            raise ValueError(f"unknown input channel {c!r}")
+    return torch.stack(out, 2)
+
+
+@torch.no_grad()
+def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None, batch: int = 64) -> np.ndarray:
+    """Per-beat log-probabilities ``(n, n_classes)`` of one record.
+
+    The record's beats are cut into sequences of ``seq_len`` beats overlapping by half;
+    each beat's log-probabilities are averaged over the sequences that hold it, weighted
+    towards the centre of each sequence (where both neighbours are visible).
+    """
+    model.eval()
+    n = len(prep["rr"])
+    n_classes = len(spec["classes"])
+    if n == 0:
+        return np.zeros((0, n_classes), np.float32)
+    T = min(seq_len or spec.get("seq_len", 64), n)
+    starts = [0] if n <= T else list(range(0, n - T, max(T // 2, 1))) + [n - T]
+    W = torch.from_numpy(prep["W"])
+    rr = torch.from_numpy(prep["rr"])
+    med = torch.from_numpy(prep["med"])
+    margin = (W.shape[1] - spec["before_samples"] - spec["after_samples"]) // 2
+    S = spec["before_samples"] + spec["after_samples"]
+    wts = torch.from_numpy(np.hanning(T + 2)[1:-1].astype(np.float32)) + 1e-3  # (T,)
+    acc = torch.zeros(n, n_classes)
+    wsum = torch.zeros(n, 1)
+    idx = torch.arange(T)
+    for k in range(0, len(starts), batch):
+        st = torch.tensor(starts[k:k + batch])
+        rows = st[:, None] + idx[None, :]                     # (b, T)
+        x = make_channels(W[rows], med[None].expand(len(st), -1), spec["channels"], margin, S)
+        lp = torch.log_softmax(model(x, rr[rows]).float(), -1)  # (b, T, C)
+        acc.index_add_(0, rows.reshape(-1), (lp * wts[None, :, None]).reshape(-1, n_classes))
+        wsum.index_add_(0, rows.reshape(-1), wts.repeat(len(st))[:, None])
+    return (acc / wsum).numpy()

@@ -1,0 +1,312 @@
+"""Training: beats of the training records -> an encoder checkpoint.
+
+One readable loop (nanoGPT style). Sequences of ``seq_len`` consecutive beats are
+cropped at random from the training records, augmented, and every beat of every
+sequence is classified (sequence labelling). The epoch whose *validation patients*
+(held out of the training records, never the test split) score best on
+``select_metric`` is kept as ``best.pt``.
+
+Reproducibility: each epoch re-seeds its random streams from ``(seed, epoch, rank)``,
+so a run resumed from the checkpoint of epoch k ends with the same weights as an
+uninterrupted run. Distributed: under ``torchrun --nproc_per_node N`` the same
+command runs DDP (gloo on CPU, nccl on GPU); each process draws its own batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import input_spec, read_checkpoint, save_checkpoint
+from .config import AugmentConfig, RunConfig
+from .datasets import resolve_records
+from .errors import ConfigError
+from .inference import make_channels, predict_log_proba, prepare_record
+from .io import read_record
+from .metrics import ec57_report
+from .registry import create
+
+#: Extra samples kept each side of a window so augmentation can shift it in time.
+MARGIN_MAX = 32
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def load_beats(records, cfg: RunConfig, spec: dict, margin: int, progress=None) -> dict[str, dict]:
+    """Per record: windows, median beat, RR features and AAMI labels (reference labels)."""
+    from .segment import labelled_peaks
+
+    detector = create("segmenters", cfg.data.segmenter)
+    out = {}
+    for path in records:
+        rec = read_record(path, cfg.data.lead)
+        peaks, labels = labelled_peaks(rec, detector)
+        d = prepare_record(rec, peaks, spec, margin)
+        d["y"] = labels
+        d["samples"] = peaks
+        out[rec.name] = d
+        if progress:
+            progress(rec.name)
+    return out
+
+
+def class_weights(labels: np.ndarray, n_classes: int, power: float, cap: float) -> torch.Tensor:
+    """weight_c = (n_majority / n_c) ** power, clipped to [1, cap]: rare classes count more, boundedly."""
+    cnt = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
+    w = np.clip((cnt.max() / np.maximum(cnt, 1)) ** power, 1.0, cap)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def sample_batch(data: dict, names: list[str], seq_len: int, batch: int, g: torch.Generator):
+    """Random crops of ``seq_len`` consecutive beats; records drawn in proportion to their beats."""
+    sizes = torch.tensor([len(data[n]["y"]) for n in names], dtype=torch.float64)
+    picks = torch.multinomial(sizes, batch, replacement=True, generator=g).tolist()
+    T = min(seq_len, int(sizes.min()))
+    Ws, meds, rrs, ys = [], [], [], []
+    for i in picks:
+        d = data[names[i]]
+        s = int(torch.randint(0, len(d["y"]) - T + 1, (1,), generator=g))
+        Ws.append(d["W"][s:s + T]); rrs.append(d["rr"][s:s + T]); ys.append(d["y"][s:s + T])
+        meds.append(d["med"])
+    return (torch.from_numpy(np.stack(Ws)), torch.from_numpy(np.stack(meds)),
+            torch.from_numpy(np.stack(rrs)), torch.from_numpy(np.stack(ys)))
+
+
+def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int):
+    """Simulate other patients and recording conditions on a batch.
+
+    W (B, T, L) windows, med (B, L) median beats, rr (B, T, 4) seconds. Returns the
+    augmented tensors and per-beat crop offsets for the time shift.
+    """
+    B, T, L = W.shape
+
+    def U(*s):
+        return torch.rand(*s, generator=g)
+
+    def N(*s):
+        return torch.randn(*s, generator=g)
+
+    if a.amplitude > 1:  # gain per sequence (a patient's electrode placement), median follows
+        gain = torch.exp((U(B, 1, 1) * 2 - 1) * math.log(a.amplitude))
+        W = W * gain
+        med = med * gain[:, 0]
+    if a.amplitude_beat > 0:
+        W = W * (1 + a.amplitude_beat * N(B, T, 1))
+    t = torch.linspace(-1, 1, L)[None, None, :]
+    if a.baseline > 0:  # wander: offset + slope + slow sine within the window
+        W = W + a.baseline * (N(B, T, 1) + N(B, T, 1) * t
+                              + N(B, T, 1) * torch.sin(2 * math.pi * U(B, T, 1) * t + 2 * math.pi * U(B, T, 1)))
+    if a.gaussian > 0:
+        W = W + a.gaussian * U(B, 1, 1) * N(B, T, L)
+    if a.emg > 0:  # muscle noise: high-passed (differenced) noise in bursts on ~30 % of beats
+        e = N(B, T, L + 1)
+        W = W + a.emg * U(B, 1, 1) * (U(B, T, 1) < 0.3) * (e[..., 1:] - e[..., :-1])
+    if a.rr_jitter > 0:
+        rr = rr * torch.exp(0.2 * (U(B, 1, 1) * 2 - 1))  # heart rate of another patient
+        jit = torch.ones_like(rr)
+        jit[..., :2] = 1 + a.rr_jitter * N(B, T, 2)
+        jit[..., 2:3] = 1 + 0.5 * a.rr_jitter * N(B, T, 1)
+        rr = rr * jit.clamp_min(0.5)
+    shift = None
+    s = min(a.shift_samples, margin)
+    if s > 0:
+        shift = margin - s + torch.randint(0, 2 * s + 1, (B, T), generator=g)
+    return W, med, rr, shift
+
+
+# --- evaluation during training --------------------------------------------------------------
+
+def evaluate_beats(model, data: dict, spec: dict, seq_len: int) -> dict:
+    ys, ps, recs = [], [], []
+    for name, d in data.items():
+        lp = predict_log_proba(model, d, spec, seq_len)
+        ys.append(d["y"]); ps.append(lp.argmax(-1)); recs.append(np.full(len(d["y"]), name))
+    return ec57_report(np.concatenate(ys), np.concatenate(ps), np.concatenate(recs))
+
+
+def selection_score(report: dict, metric: str) -> float:
+    if metric == "jk":
+        return report["jk"]
+    if metric == "accuracy":
+        return report["accuracy"]
+    if metric == "macro_f1":
+        f = [report["gross"][c]["F1"] for c in ("N", "S", "V")]
+        return float(np.nanmean(f))
+    return -report.get("loss", 0.0)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def _dist():
+    """(rank, world_size), initialising the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
+    """One-cycle: linear warm-up to ``peak`` over ``warmup`` of the steps, then cosine to ~0."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return peak * (0.04 + 0.96 * step / w)
+    p = (step - w) / max(1, total - w)
+    return peak * (0.5 * (1 + math.cos(math.pi * min(p, 1.0)))) + peak * 1e-4
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, data_dir=None,
+          log=print, show_progress: bool = True) -> Path:
+    """Train ``cfg.model`` on ``cfg.data.train`` minus ``cfg.data.val``; return the best checkpoint's path."""
+    rank, world = _dist()
+    run_dir = Path(run_dir or cfg.run_dir)
+    tc = cfg.train
+    torch.set_num_threads(tc.threads)
+    torch.manual_seed(cfg.seed)
+
+    params = dict(cfg.model.params)
+    params.setdefault("seq_len", tc.seq_len)
+    model = create("encoders", cfg.model.name, **params)
+    spec = input_spec(model)
+    n_classes = len(spec["classes"])
+    margin = min(tc.augment.shift_samples, MARGIN_MAX)
+
+    data_root = data_dir or cfg.data.data
+    train_paths = resolve_records([cfg.data.train] if isinstance(cfg.data.train, str) else cfg.data.train, data_root)
+    val_set = set(cfg.data.val)
+    fit_paths = [p for p in train_paths if Path(p).name not in val_set]
+    val_paths = [p for p in train_paths if Path(p).name in val_set]
+    if not fit_paths:
+        raise ConfigError("no training records left after removing the validation patients")
+
+    from .progress import progress_bar
+
+    with progress_bar(disable=not show_progress or rank != 0) as bar:
+        task = bar.add_task("loading beats", total=len(train_paths))
+        adv = lambda name: bar.update(task, advance=1, description=f"loading beats {name}")  # noqa: E731
+        fit = load_beats(fit_paths, cfg, spec, margin, adv)
+        val = load_beats(val_paths, cfg, spec, 0, adv)
+    names = sorted(fit)
+    y_all = np.concatenate([fit[n]["y"] for n in names])
+    weights = class_weights(y_all, n_classes, tc.class_weight_power, tc.class_weight_cap)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    start_epoch, history, best = 0, [], -float("inf")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if resume:
+        if not last_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint {last_path} to resume from")
+        ck = read_checkpoint(last_path)
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history, best = ck["epoch"], json.loads(ck["history"]), ck["best_score"]
+        log(f"resuming from epoch {start_epoch}")
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    total_steps = tc.epochs * tc.steps_per_epoch
+    config_json = json.dumps(asdict(cfg))
+    extra_common = {"config": config_json, "seed": cfg.seed, "licence": "MIT (weights trained on MIT-BIH, ODC-By 1.0)"}
+
+    with progress_bar(disable=not show_progress or rank != 0) as bar:
+        task = bar.add_task("training", total=total_steps, completed=start_epoch * tc.steps_per_epoch)
+        for epoch in range(start_epoch, tc.epochs):
+            # re-seed per epoch (and rank): resuming at an epoch boundary replays the same streams
+            torch.manual_seed(cfg.seed * 100003 + epoch * 101 + rank)
+            g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch * 101 + rank + 7)
+            net.train()
+            t0, loss_sum = time.time(), 0.0
+            for it in range(tc.steps_per_epoch):
+                step = epoch * tc.steps_per_epoch + it
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total_steps, tc.lr)
+                W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
+                W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin)
+                x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
+                logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
+                yf = y.reshape(-1)
+                keep = yf >= 0
+                logits, yf = logits[keep], yf[keep]
+                if tc.loss == "focal":
+                    lp = F.log_softmax(logits, -1).gather(1, yf[:, None])[:, 0]
+                    wt = weights[yf]
+                    loss = (-(1 - lp.exp()) ** tc.focal_gamma * lp * wt).sum() / wt.sum()
+                else:
+                    loss = F.cross_entropy(logits, yf, weight=weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                loss_sum += loss.item()
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs} loss {loss.item():.3f}")
+            epoch_s = time.time() - t0
+            entry = {"epoch": epoch + 1, "loss": loss_sum / tc.steps_per_epoch, "seconds": epoch_s}
+            if rank == 0:
+                if val:
+                    rep = evaluate_beats(model, val, spec, tc.seq_len)
+                    score = selection_score(rep, tc.select_metric)
+                    g_ = rep["gross"]
+                    entry.update(val_accuracy=rep["accuracy"], val_jk=rep["jk"], val_score=score,
+                                 val_S_F1=g_["S"]["F1"], val_V_F1=g_["V"]["F1"],
+                                 val_S_Se=g_["S"]["Se"], val_S_P=g_["S"]["+P"],
+                                 val_V_Se=g_["V"]["Se"], val_V_P=g_["V"]["+P"])
+                else:
+                    score = -entry["loss"]
+                history.append(entry)
+                is_best = score > best
+                best = max(best, score)
+                extra = {**extra_common, "epoch": epoch + 1, "history": json.dumps(history), "best_score": best}
+                if is_best:
+                    save_checkpoint(best_path, model, encoder=cfg.model.name, params=params, extra=extra)
+                save_checkpoint(last_path, model, encoder=cfg.model.name, params=params,
+                                extra={**extra, "optimizer": opt.state_dict()})
+                _write_history(run_dir, history)
+                log(_epoch_line(entry) + (" *" if is_best else ""))
+            if world > 1:
+                torch.distributed.barrier()
+    if world > 1:
+        torch.distributed.barrier()
+    return best_path
+
+
+def _epoch_line(e: dict) -> str:
+    s = f"epoch {e['epoch']:3d} loss {e['loss']:.4f} ({e['seconds']:.0f} s)"
+    if "val_jk" in e:
+        s += (f" | val acc {100 * e['val_accuracy']:.1f} jk {e['val_jk']:.3f} "
+              f"S F1 {100 * np.nan_to_num(e['val_S_F1']):.1f} V F1 {100 * np.nan_to_num(e['val_V_F1']):.1f}")
+    return s
+
+
+def _write_history(run_dir: Path, history: list[dict]) -> None:
+    """metrics.json and a training-curve PNG in the run directory."""
+    from .io import atomic_write
+
+    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(history, indent=1)))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [h["loss"] for h in history], marker="o")
+    ax[0].set(xlabel="epoch", ylabel="training loss", title="loss")
+    if "val_jk" in history[0]:
+        for key, lab in (("val_jk", "jk"), ("val_S_F1", "SVEB F1"), ("val_V_F1", "VEB F1"), ("val_accuracy", "accuracy")):
+            ax[1].plot(ep, [h[key] for h in history], marker="o", label=lab)
+        ax[1].legend()
+    ax[1].set(xlabel="epoch", title="validation patients (held out of DS1)")
+    fig.tight_layout()
+    atomic_write(run_dir / "training_curve.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
