@@ -246,9 +246,19 @@ def annotate(paths, model, segmenter, out, ext, lead):
 
 @cli.command()
 @click.argument("config_path", type=click.Path(dir_okay=False))
-def run(config_path):
-    """Run the whole pipeline described by a YAML config."""
-    not_yet("run")
+@click.option("--quick", is_flag=True, help="Apply the config's quick: profile (a few records, one epoch).")
+@data_option
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (overrides run_dir).")
+def run(config_path, quick, data, out):
+    """Run the whole pipeline described by a YAML config into one run directory."""
+    from .config import load_config
+    from .pipeline import run_pipeline
+
+    cfg = load_config(config_path, quick=quick)
+    if out:
+        cfg.run_dir = out
+    report = run_pipeline(cfg, data=data, log=lambda m: click.echo(m, err=True))
+    click.echo(f"report: {report}")
 
 
 @cli.command("plugins")

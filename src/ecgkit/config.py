@@ -70,7 +70,8 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    split: list[str] | str = "DS2"
+    """The test records (data.test) are evaluated with each of these segmenters."""
+
     segmenters: list[str] = field(default_factory=lambda: ["reference", "pan-tompkins"])
 
 

@@ -133,3 +133,36 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 
 __all__ = ["classify_records", "evaluate", "markdown", "summary_line", "write_report"]
+
+
+def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True) -> dict:
+    """Patient-wise k-fold: train ``cfg`` on k-1 folds, evaluate on the held-out fold, pool the beats.
+
+    Every non-paced record is tested exactly once, by a model that never saw its patient.
+    Validation patients of each fold come out of that fold's training records.
+    """
+    import copy
+
+    from .datasets.mitdb import SPLITS, patient_kfold
+    from .models import load_any_model
+    from .train import train
+
+    ys, ps, rs = [], [], []
+    base = Path(out_dir or cfg.run_dir) / "kfold"
+    for i, (train_recs, test_recs) in enumerate(patient_kfold(SPLITS["all"], k, cfg.seed)):
+        c = copy.deepcopy(cfg)
+        n_val = max(1, len(train_recs) // 5)
+        rng = np.random.default_rng(cfg.seed + i)
+        c.data.train = list(train_recs)
+        c.data.val = sorted(rng.choice(train_recs, n_val, replace=False).tolist())
+        c.data.test = list(test_recs)
+        best = train(c, run_dir=base / f"fold{i + 1}", data_dir=data, show_progress=show_progress)
+        model, spec, _ = load_any_model(str(best))
+        y, p, r, _ = classify_records(model, spec, resolve_records(list(test_recs), data), "reference")
+        ys.append(y); ps.append(p); rs.append(r)
+    report = ec57_report(np.concatenate(ys), np.concatenate(ps), np.concatenate(rs))
+    report.update(model=f"{cfg.model.name} ({k}-fold, patient-wise)", segmenter="reference",
+                  records=sorted(set(np.concatenate(rs).tolist())))
+    if out_dir:
+        write_report(report, Path(out_dir))
+    return report

@@ -66,6 +66,8 @@ class PanTompkinsParams:
     max_decays: int = 0
     spk_cap: float = 0.0
     irregular_mode: str = "paper"
+    retro_ratio: float = 0.5
+    retro_mwi: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,8 +199,12 @@ class _RR:
             self.average2 = sum(self.selected) / len(self.selected)
         m = self.p.irregular_mode
         self.irregular = (not in_limits) if m == "paper" else (rr >= high if m == "long" else False)
-        if all(p.rr_low * self.average2 < r < p.rr_high * self.average2 for r in self.recent):
+        regular = all(p.rr_low * self.average2 < r < p.rr_high * self.average2
+                      for r in self.recent)
+        if regular:
             self.average2 = self.average1
+        if m == "paper8":
+            self.irregular = not regular
 
     def missed_limit(self) -> float:
         return self.p.rr_missed * self.average2
@@ -236,7 +242,8 @@ def _decide(marks, peak_i, peak_f, max_slope, x_len, fs, mwi, filtered, p):
     def accept(k: int, weight: float) -> None:
         nonlocal last, last_slope, undo
         if (p.retro and last >= 0 and marks[k] - marks[last] < twave
-                and last_slope < p.twave_slope_ratio * max_slope[k]):
+                and (last_slope < p.retro_ratio * max_slope[k]
+                     or (p.retro_mwi > 0 and peak_i[last] < p.retro_mwi * peak_i[k]))):
             # the previous "QRS" has less than half this one's slope: it was a P or T wave
             prev = last
             restore(undo)
