@@ -173,12 +173,34 @@ def train(config_path, resume, data, out):
 
 
 @cli.command()
-@click.option("--model", default="transnet")
-@click.option("--out", type=click.Path(dir_okay=False), required=True)
+@click.option("--model", default="transnet", show_default=True, help="Registered model name or checkpoint file.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output file of the int8 model.")
 @data_option
-def quantize(model, out, data):
-    """Post-training int8 quantization of a model."""
-    not_yet("quantize")
+@click.option("--calib-records", cls=MultiValue, default=("DS1",), show_default=True,
+              help="Records whose beats calibrate the activation ranges (never the test split).")
+@click.option("--calib-beats", type=int, default=2048, show_default=True, help="Beats used for calibration.")
+@click.option("--onnx", "onnx_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the fp32 ONNX graph here.")
+def quantize(model, out, data, calib_records, calib_beats, onnx_out):
+    """Post-training int8 quantization of a model, calibrated on training beats."""
+    from .quantize import export_onnx
+    from .quantize import quantize as run_quantize
+
+    path = run_quantize(model, out, data=data, calib_records=list(calib_records), calib_beats=calib_beats)
+    click.echo(f"int8 model: {path} ({Path(path).stat().st_size / 1024:.0f} KB)")
+    if onnx_out:
+        click.echo(f"fp32 ONNX: {export_onnx(model, onnx_out)}")
+
+
+@cli.command()
+@click.option("--model", default="transnet", show_default=True, help="Registered model name or checkpoint file.")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True)
+def export(model, fmt, out):
+    """Export a model to another runtime's format (fp32 ONNX)."""
+    from .quantize import export_onnx
+
+    click.echo(f"wrote {export_onnx(model, out)}")
 
 
 @cli.command()
@@ -215,14 +237,31 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
 
 
 @cli.command()
-@click.option("--model", default="transnet")
-@click.option("--record", default=None)
-@click.option("--beat", type=int, default=None)
-@click.option("--method", default="gradcam")
-@click.option("--out", type=click.Path(file_okay=False), default=None)
-def explain(model, record, beat, method, out):
-    """Attribution heatmaps (Grad-CAM, SHAP) for a beat's classification."""
-    not_yet("explain")
+@click.option("--model", default="transnet", show_default=True, help="Registered model name or checkpoint file.")
+@click.option("--record", default=None, help="WFDB record path (or name in the data directory).")
+@click.option("--beat", type=int, default=None, help="Beat index in the record (0-based).")
+@click.option("--sample-id", default=None, help="Beat as RECORD_beat_N, e.g. 100_beat_5.")
+@click.option("--method", default="gradcam", show_default=True, help="Registered explainer name.")
+@click.option("--class", "cls", default=None, help="With --n: class-average saliency of beats of this class.")
+@click.option("--n", "n_beats", type=int, default=200, show_default=True, help="Beats for --class.")
+@click.option("--segmenter", default="reference", show_default=True)
+@data_option
+@lead_option
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+def explain(model, record, beat, sample_id, method, cls, n_beats, segmenter, data, lead, out):
+    """Why was a beat called V or S? Attribution heatmap PNG + per-sample attributions (.npy)."""
+    from . import explain as ex
+
+    if cls:
+        files = ex.class_average(model, cls, n_beats, method, out, data=data, records=record, lead=lead)
+    else:
+        if sample_id:
+            record, beat = ex.parse_sample_id(sample_id)
+        if record is None or beat is None:
+            raise click.UsageError("give --record and --beat, or --sample-id, or --class")
+        files = ex.explain_beat(model, record, beat, method, out, data=data, segmenter=segmenter, lead=lead)
+    for f in files:
+        click.echo(f"wrote {f}")
 
 
 @cli.command()

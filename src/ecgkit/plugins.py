@@ -18,6 +18,7 @@ from . import hookspecs
 BUILTIN_PLUGINS = (
     "ecgkit.preprocess",
     "ecgkit.segment",
+    "ecgkit.explain",
 )
 
 
