@@ -55,7 +55,7 @@ def _record_base(path: str | os.PathLike) -> Path:
     return p
 
 
-def _check_signal_files(header, base: Path) -> None:
+def check_signal_files(header, base: Path) -> None:
     """Refuse missing or truncated signal files before wfdb trips over them."""
     if header.file_name is None:
         return
@@ -87,6 +87,8 @@ def read_header(path: str | os.PathLike):
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         raise RecordError(f"record {base} not found (no {hea.name} in {base.parent or '.'})")
+    if hea.stat().st_size == 0:
+        raise RecordError(f"record {base}: header {hea.name} is empty")
     try:
         return wfdb.rdheader(str(base))
     except Exception as exc:  # wfdb raises many types for a malformed header
@@ -116,8 +118,11 @@ def read_record(path: str | os.PathLike, lead: str | None = None) -> Record:
     """
     base = _record_base(path)
     header = read_header(base)
-    channel = pick_lead(header.sig_name, lead)
-    _check_signal_files(header, base)
+    try:
+        channel = pick_lead(header.sig_name, lead)
+    except RecordError as exc:
+        raise RecordError(f"record {base}: {exc}") from None
+    check_signal_files(header, base)
     try:
         rec = wfdb.rdrecord(str(base), channels=[channel], physical=True)
     except Exception as exc:

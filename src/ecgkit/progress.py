@@ -6,8 +6,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+class _Progress(Progress):
+    """A Progress that vanishes when its block fails, so an error stays the only line on stderr."""
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return super().__exit__(exc_type, exc, tb)
+        self.live.transient = True
+        self.live.stop()  # skip Progress.stop's final render and newline
+        return None
+
+
 def progress_bar(**kwargs) -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+    return _Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=Console(stderr=True), transient=False, **kwargs)
 

@@ -53,10 +53,17 @@ class RecordStream:
 
 def iter_records(records, data=None, lead=None) -> RecordStream:
     """Resolve ``records`` and check every header now (fail fast), then read lazily."""
-    from ..io import pick_lead, read_header
+    from pathlib import Path
+
+    from ..errors import RecordError
+    from ..io import check_signal_files, pick_lead, read_header
 
     paths = resolve_records(records, data)
     for p in paths:
         header = read_header(p)
-        pick_lead(header.sig_name, lead)
+        try:
+            pick_lead(header.sig_name, lead)
+        except RecordError as exc:
+            raise RecordError(f"record {p}: {exc}") from None
+        check_signal_files(header, Path(p))
     return RecordStream(paths, lead)
