@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q
 
 docs: install
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: install
 	$(PY) benchmarks/qrs.py

@@ -58,7 +58,13 @@ class EcgkitGroup(click.Group):
             try:
                 from .plugins import get_plugin_manager
 
+                builtin = dict(self.commands)
                 get_plugin_manager().hook.register_commands(cli=self)
+                for name, cmd in builtin.items():
+                    if self.commands.get(name) is not cmd:
+                        self.commands[name] = cmd
+                        raise EcgkitError(f"a plugin tried to replace the built-in command {name!r}; "
+                                          f"plugins may only add new commands")
             except EcgkitError as exc:
                 raise click.ClickException(str(exc)) from None
 
@@ -152,7 +158,8 @@ def segment(data, records, lead, segmenter, out, ext, windows, fs_hz, before_s, 
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="YAML run config (see examples/mitdb_inter_patient.yaml).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @data_option
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Run directory (overrides the config).")
@@ -215,7 +222,7 @@ def export(model, fmt, out):
               help="kfold: patient-wise k-fold training + evaluation over all non-paced records.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Training config for --protocol kfold.")
-@click.option("--folds", type=int, default=5, show_default=True)
+@click.option("--folds", type=int, default=5, show_default=True, help="Number of folds for --protocol kfold.")
 @lead_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write report.json, report.md and confusion_matrix.png here.")
@@ -244,7 +251,8 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
 @click.option("--method", default="gradcam", show_default=True, help="Registered explainer name.")
 @click.option("--class", "cls", default=None, help="With --n: class-average saliency of beats of this class.")
 @click.option("--n", "n_beats", type=int, default=200, show_default=True, help="Beats for --class.")
-@click.option("--segmenter", default="reference", show_default=True)
+@click.option("--segmenter", default="reference", show_default=True,
+              help="Beat positions: reference (.atr) or a detector such as pan-tompkins.")
 @data_option
 @lead_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")

@@ -147,7 +147,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; known keys here: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; known keys here: {', '.join(sorted(names))}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -193,8 +193,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     if t.loss not in ("ce", "focal"):
         raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
-    if t.select_metric not in ("jk", "accuracy", "macro_f1", "loss"):
-        raise ConfigError(f"config key 'train.select_metric' must be one of jk, accuracy, macro_f1, loss")
+    if t.select_metric not in ("jk", "accuracy", "macro_f1"):
+        raise ConfigError("config key 'train.select_metric' must be one of jk, accuracy, macro_f1")
     unknown = set(cfg.stages) - {"segment", "train", "quantize", "evaluate", "explain"}
     if unknown:
         raise ConfigError(f"config key 'stages': unknown stage {sorted(unknown)[0]!r}")

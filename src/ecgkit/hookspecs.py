@@ -59,8 +59,12 @@ def register_encoders():
     ``(batch, beats, channels, samples)`` and RR features ``(batch, beats, 4)``
     in seconds (pre-RR, post-RR, local mean RR, record mean RR) to logits
     ``(batch, beats, n_classes)``. The module exposes its input contract as
-    ``module.input_spec`` (a dict: ``fs_hz``, ``before_samples``,
-    ``after_samples``, ``channels``, ``classes``).
+    ``module.input_spec``, a dict with the keys ``fs_hz``, ``before_samples``,
+    ``after_samples``, ``channels`` (from ``"beat"`` and
+    ``"beat_minus_record_median"``, the channels ecgkit builds) and ``classes``, and
+    optionally ``seq_len`` (beats per sequence at inference, default 64),
+    ``local_rr_beats`` (default 10) and ``bandpass_hz`` (default ``[0.5, 35]``).
+    ``ecgkit train`` passes ``seq_len`` to the factory, so it must accept it.
 
     A name may also resolve to a shipped checkpoint: see ``register_models``.
     """

@@ -57,6 +57,7 @@ def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
     from .evaluate import evaluate, markdown
     from .train import train
 
+    data = data or cfg.data.data
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.json", lambda t: t.write_text(json.dumps(to_dict(cfg), indent=1)))

@@ -29,9 +29,20 @@ def make_plugin_manager(*, entry_points: bool = True, extra=()) -> pluggy.Plugin
     for modname in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(modname), name=modname)
     if entry_points:
-        pm.load_setuptools_entrypoints("ecgkit")
+        try:
+            pm.load_setuptools_entrypoints("ecgkit")
+        except Exception as exc:  # a broken third-party package must not become a traceback
+            from .errors import RegistryError
+
+            raise RegistryError(f"an installed ecgkit plugin failed to load: {type(exc).__name__}: {exc}") from None
     for plugin in extra:
         pm.register(plugin)
+    try:
+        pm.check_pending()  # a misspelt hook name in a plugin is an error, not silently ignored
+    except pluggy.PluginValidationError as exc:
+        from .errors import RegistryError
+
+        raise RegistryError(f"plugin {exc.plugin_name!r} implements an unknown hook: {exc}") from None
     return pm
 
 

@@ -137,10 +137,8 @@ def selection_score(report: dict, metric: str) -> float:
         return report["jk"]
     if metric == "accuracy":
         return report["accuracy"]
-    if metric == "macro_f1":
-        f = [report["gross"][c]["F1"] for c in ("N", "S", "V")]
-        return float(np.nanmean(f))
-    return -report.get("loss", 0.0)
+    f = [report["gross"][c]["F1"] for c in ("N", "S", "V")]  # macro_f1
+    return float(np.nanmean(f))
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -166,7 +164,12 @@ def lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = False, data_dir=None,
           log=print, show_progress: bool = True) -> Path:
-    """Train ``cfg.model`` on ``cfg.data.train`` minus ``cfg.data.val``; return the best checkpoint's path."""
+    """Train ``cfg.model`` on ``cfg.data.train`` minus ``cfg.data.val``; return the best checkpoint's path.
+
+    With validation patients, ``best.pt`` is the epoch that scores best on them. With
+    ``data.val: []`` (a final fit on all training patients, once the recipe and epoch
+    count were chosen on validation patients) ``best.pt`` is the last epoch.
+    """
     rank, world = _dist()
     run_dir = Path(run_dir or cfg.run_dir)
     tc = cfg.train
@@ -261,8 +264,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                                  val_S_F1=g_["S"]["F1"], val_V_F1=g_["V"]["F1"],
                                  val_S_Se=g_["S"]["Se"], val_S_P=g_["S"]["+P"],
                                  val_V_Se=g_["V"]["Se"], val_V_P=g_["V"]["+P"])
-                else:
-                    score = -entry["loss"]
+                else:  # no validation patients: the recipe fixed the epochs beforehand; keep the last
+                    score = float(epoch + 1)
                 history.append(entry)
                 is_best = score > best
                 best = max(best, score)

@@ -1,15 +1,23 @@
 """An example third-party ecgkit plugin.
 
-It registers one segmenter, ``slope-peaks``: the squared slope of the band-passed
-signal, smoothed over 100 ms, with peaks picked by scipy at an adaptive height and a
-250 ms refractory period, each refined to the largest |amplitude| nearby. Simple, and
-honest about it: use ``pan-tompkins`` for real work.
+The ``ecgkit`` entry point of this distribution names this module; ecgkit calls the
+functions below that are marked ``@ecgkit.hookimpl`` and named after its hooks
+(``ecgkit/hookspecs.py``). It registers:
+
+* one segmenter, ``slope-peaks``: the squared slope of the band-passed signal,
+  smoothed over 100 ms, with peaks picked by scipy at an adaptive height and a 250 ms
+  refractory period, each refined to the largest |amplitude| nearby. Simple, and
+  honest about it: use ``pan-tompkins`` for real work;
+* one explainer, ``occlusion``: occlusion sensitivity of a beat's window
+  (:mod:`ecgkit_example_plugin.occlusion`).
 """
 
 import numpy as np
 from scipy import signal as sps
 
 import ecgkit
+
+from .occlusion import occlusion
 
 
 def slope_peaks(refractory_s: float = 0.25):
@@ -37,3 +45,8 @@ def slope_peaks(refractory_s: float = 0.25):
 @ecgkit.hookimpl
 def register_segmenters():
     return {"slope-peaks": slope_peaks}
+
+
+@ecgkit.hookimpl
+def register_explainers():
+    return {"occlusion": occlusion}
