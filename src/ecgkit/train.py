@@ -122,6 +122,54 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int):
     return W, med, rr, shift
 
 
+def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+    """Irregularly irregular rhythm (AF-like) on whole S-free sequences; labels unchanged.
+
+    The counterweight to :func:`synthetic_s`: early timing alone must not mean S when the
+    whole context is irregular (beats in atrial fibrillation are labelled N).
+    Returns the new RR tensor and the mask of sequences changed.
+    """
+    B, T = y.shape
+    sel = ((y == 1).sum(1) == 0) & (torch.rand(B, generator=g) < p)
+    i = torch.arange(T)
+    lo = (i - (local_beats - 1)).clamp(min=0)
+    for b in sel.nonzero()[:, 0].tolist():
+        m = rr[b, :, 2].mean()
+        sigma = 0.1 + 0.25 * float(torch.rand(1, generator=g))
+        iv = m * torch.exp(sigma * torch.randn(T + 1, generator=g))  # (T+1,) intervals
+        pre, post = iv[:-1], iv[1:]
+        cs = torch.cat([torch.zeros(1), pre.cumsum(0)])
+        rr[b, :, 0], rr[b, :, 1], rr[b, :, 2] = pre, post, (cs[i + 1] - cs[lo]) / (i + 1 - lo)
+    return rr, sel
+
+
+def synthetic_s(rr, y, g: torch.Generator, p: float):
+    """Synthetic supraventricular premature beats (a label-changing RR augmentation).
+
+    DS1's S beats come mostly from runs in a few records, so isolated premature beats of
+    normal shape are rare. Take an N beat between N neighbours, make it premature
+    (pre-RR times u ~ U(0.55, 0.85)), give the time back to its post-RR, keep the
+    neighbours consistent, and relabel it S: usual morphology + early timing -> S, the
+    rule that carries across patients.
+    """
+    B, T = y.shape
+    if T < 3:
+        return rr, y
+    cand = (y[:, 1:-1] == 0) & (y[:, :-2] == 0) & (y[:, 2:] == 0)
+    pick = cand & (torch.rand(B, T - 2, generator=g) < p)
+    bi, ti = pick.nonzero(as_tuple=True)
+    ti = ti + 1
+    u = 0.55 + 0.30 * torch.rand(len(ti), generator=g)
+    pre = rr[bi, ti, 0]
+    d = pre * (1 - u)
+    rr[bi, ti, 0] = pre - d
+    rr[bi, ti, 1] = rr[bi, ti, 1] + d
+    rr[bi, ti - 1, 1] = rr[bi, ti, 0]
+    rr[bi, ti + 1, 0] = rr[bi, ti, 1]
+    y[bi, ti] = 1
+    return rr, y
+
+
 # --- evaluation during training --------------------------------------------------------------
 
 def evaluate_beats(model, data: dict, spec: dict, seq_len: int) -> dict:
@@ -235,6 +283,12 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total_steps, tc.lr)
                 W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
+                rr, y = rr.clone(), y.clone()
+                af = torch.zeros(len(y), dtype=torch.bool)
+                if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
+                    rr, af = synthetic_af(rr, y, g, tc.augment.synthetic_af, spec.get("local_rr_beats", 10))
+                if tc.augment.synthetic_s > 0:
+                    rr[~af], y[~af] = synthetic_s(rr[~af], y[~af], g, tc.augment.synthetic_s)
                 W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin)
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
