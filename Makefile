@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml plugins/ecgkit-transnet/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# pin torch: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,docs]" -e plugins/ecgkit-transnet
+	$(PY) -m pip install -q -e ".[dev,docs,onnx]" -e plugins/ecgkit-transnet
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,15 +1,25 @@
 """Loading any model a user can name: a registered model, an fp32 checkpoint or a quantized file.
 
 Returns ``(model, input_spec, info)`` where ``model(windows, rr)`` gives logits.
+
+* a torch checkpoint (zip archive) is read with ``torch.load(weights_only=True)`` and rebuilt from the
+  registered encoder;
+* an ecgkit ONNX file (``ecgkit quantize`` int8, or ``ecgkit export`` fp32) is data, not code: it is
+  run by onnxruntime (optional extra ``ecgkit[onnx]``) and carries its input contract in its metadata.
 """
 
 from __future__ import annotations
 
-from .checkpoint import load_model
+from .checkpoint import load_model, resolve_model_path
 
 
 def load_any_model(ref: str):
-    model, ck = load_model(ref)
+    from .quantize import is_onnx_file, load_onnx_model
+
+    path = resolve_model_path(ref)
+    if is_onnx_file(path):
+        return load_onnx_model(path)
+    model, ck = load_model(str(path))
     info = {"encoder": ck["encoder"], "epoch": ck.get("epoch"), "seed": ck.get("seed"),
-            "ecgkit_version": ck.get("ecgkit_version")}
+            "ecgkit_version": ck.get("ecgkit_version"), "precision": "fp32", "runtime": "torch"}
     return model, ck["input_spec"], info

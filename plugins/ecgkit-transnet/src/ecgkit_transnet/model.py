@@ -2,7 +2,7 @@
 
 Reads top-down:
   1. TransNetConfig   - every hyper-parameter, including what the data prep must produce.
-  2. building blocks  - ResBlock1d, BeatTokenizer (morphology), RRFeatures (rhythm), positional table.
+  2. building blocks  - ResBlock1d, BeatTokenizer (learned morphology), ContextFeatures (RR ratios + shape-vs-median).
   3. ECGTransNet      - tokens + RR embedding -> Transformer encoder -> per-beat logits.
 
 Data contract (what the caller / core must feed)
@@ -68,6 +68,9 @@ class TransNetConfig:
     ff_mult: int = 2
     dropout: float = 0.1
     token_dropout: float = 0.0           # optional: drop whole morphology tokens in training (forces use of context)
+    morph_stats: bool = True             # hand-made, patient-relative shape scalars (needs the median channel)
+    use_token: bool = True               # ablation switch: False = context features only (no learned morphology)
+    rel_token: bool = True               # also feed token minus the sequence-median token (patient-relative shape)
 
     @property
     def n_channels(self) -> int:
@@ -129,21 +132,32 @@ class BeatTokenizer(nn.Module):
         return self.proj(h)                   # (n, d_model)
 
 
-class RRFeatures(nn.Module):
-    """Raw RR seconds -> scale-free log-ratios -> d_model embedding.
+class ContextFeatures(nn.Module):
+    """Scale-free per-beat scalars -> d_model embedding.
 
-    Only ratios are used (no absolute RR): prematurity relative to the patient's own local and overall
+    RR part (6): log-ratios only, no absolute RR: prematurity relative to the patient's own local and overall
     rhythm is what carries across patients; absolute heart rate mostly identifies the patient.
+    Morphology part (5, when the median channel is present): similarity of the beat to the record's median beat
+    (median = channel0 - channel1), over the whole window, the QRS and the P-wave region, plus energy ratios.
+    These are exactly the cues of the classic "premature AND normal-looking -> S" rule, given explicitly so the
+    network need not re-derive them from patient-specific shapes.
     """
 
-    n_feats = 6
+    n_rr = 6
+    n_morph = 5
 
     def __init__(self, cfg: TransNetConfig):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(self.n_feats, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        self.cfg = cfg
+        self.use_morph = cfg.morph_stats and cfg.n_channels >= 2
+        n_in = self.n_rr + (self.n_morph if self.use_morph else 0)
+        fs, b = cfg.fs_hz, cfg.before
+        self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
+        self.pw = slice(max(0, b - round(0.30 * fs)), max(1, b - round(0.08 * fs)))  # P wave / PR segment
+        self.mlp = nn.Sequential(nn.Linear(n_in, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
 
     @staticmethod
-    def features(rr: Tensor) -> Tensor:  # (B, T, 4) seconds -> (B, T, 6)
+    def rr_features(rr: Tensor) -> Tensor:  # (B, T, 4) seconds -> (B, T, 6)
         rr = rr.clamp_min(1e-2)  # padded / degenerate positions stay finite
         pre, post, loc, rec = rr.unbind(-1)
         f = torch.stack(
@@ -159,22 +173,49 @@ class RRFeatures(nn.Module):
         )
         return f.clamp(-3.0, 3.0)
 
-    def forward(self, rr: Tensor) -> Tensor:  # (B, T, 4) -> (B, T, d_model)
-        return self.mlp(self.features(rr))
+    @staticmethod
+    def _corr(a: Tensor, b: Tensor) -> Tensor:  # (..., S), (..., S) -> (...)
+        a = a - a.mean(-1, keepdim=True)
+        b = b - b.mean(-1, keepdim=True)
+        return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6)
+
+    def morph_features(self, windows: Tensor) -> Tensor:  # (B, T, C, S) -> (B, T, 5)
+        beat, med = windows[:, :, 0], windows[:, :, 0] - windows[:, :, 1]  # (B, T, S) each
+        rms = lambda z: z.pow(2).mean(-1).add(1e-6).sqrt()
+        f = torch.stack(
+            [
+                self._corr(beat, med),
+                self._corr(beat[..., self.qrs], med[..., self.qrs]),
+                self._corr(beat[..., self.pw], med[..., self.pw]),
+                torch.log(rms(windows[:, :, 1]) / rms(med)),                    # how different, relative
+                torch.log(rms(beat[..., self.qrs]) / rms(med[..., self.qrs])),  # QRS energy vs usual
+            ],
+            dim=-1,
+        )
+        return f.clamp(-3.0, 3.0)
+
+    def forward(self, windows: Tensor, rr: Tensor) -> Tensor:  # -> (B, T, d_model)
+        f = self.rr_features(rr)
+        if self.use_morph:
+            f = torch.cat([f, self.morph_features(windows)], dim=-1)
+        return self.mlp(f)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 3. The model
 # ----------------------------------------------------------------------------------------------------------
 class ECGTransNet(nn.Module):
-    """Per-beat classifier: morphology token + RR embedding + position -> Transformer -> logits."""
+    """Per-beat classifier: morphology token + context (RR/shape-vs-median) embedding + position -> Transformer."""
 
     def __init__(self, cfg: TransNetConfig):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
         self.tokenizer = BeatTokenizer(cfg)
-        self.rr_embed = RRFeatures(cfg)
+        self.ctx_embed = ContextFeatures(cfg)
+        # token + (token - median token of the sequence): the median over ~64 beats of one patient is that
+        # patient's dominant beat in feature space, so the difference says "unusual for THIS patient".
+        self.tok_mix = nn.Linear(2 * d, d) if cfg.rel_token else nn.Identity()
         self.pos = nn.Parameter(torch.zeros(cfg.max_len, d))  # learned positions (neighbour order matters)
         nn.init.normal_(self.pos, std=0.02)
         self.in_norm = nn.LayerNorm(d)
@@ -195,10 +236,16 @@ class ECGTransNet(nn.Module):
         B, T, C, S = windows.shape                                   # (B, T, C, S)
         tok = self.tokenizer(windows.reshape(B * T, C, S))           # (B*T, d)
         tok = tok.view(B, T, -1)                                     # (B, T, d)
+        if not self.cfg.use_token:
+            tok = torch.zeros_like(tok)
         if self.training and self.cfg.token_dropout > 0:
             keep = torch.rand(B, T, 1, device=tok.device) >= self.cfg.token_dropout
             tok = tok * keep
-        x = tok + self.rr_embed(rr) + self.pos[:T]                   # (B, T, d)
+        if self.cfg.rel_token:
+            ref = tok if pad_mask is None else tok.masked_fill(pad_mask[..., None], float("nan"))
+            med = ref.nanmedian(dim=1, keepdim=True).values                   # (B, 1, d) patient's usual beat
+            tok = self.tok_mix(torch.cat([tok, tok - med], dim=-1))           # (B, T, d)
+        x = tok + self.ctx_embed(windows, rr) + self.pos[:T]                   # (B, T, d)
         x = self.encoder(self.in_norm(x), src_key_padding_mask=pad_mask)  # (B, T, d)
         return self.head(self.out_norm(x))                           # (B, T, n_classes)
 
