@@ -66,8 +66,8 @@ def read_checkpoint(path) -> dict:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        hits = [ln for ln in lines if "Unsupported global" in ln or "error" in ln.lower()]
-        first = (hits or lines or [type(exc).__name__])[-1]
+        hits = [ln for ln in lines if "Unsupported global" in ln or ln.startswith("WeightsUnpickler error")]
+        first = hits[0] if hits else (lines[-1] if lines and "weights_only" not in lines[-1] else type(exc).__name__)
         raise CheckpointError(f"refusing to load {p}: not a safe ecgkit checkpoint ({first[:200]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an ecgkit checkpoint (format {FORMAT})")
