@@ -36,22 +36,32 @@ def annotate(paths, model_ref: str = "transnet", segmenter: str = "pan-tompkins"
     from .models import load_any_model
     from .progress import progress_bar
 
-    for p in paths:  # fail fast on a bad path, before any output
-        read_header(p)
+    from .errors import RecordError
+    from .io import _record_base, check_signal_files, pick_lead
+
+    for p in paths:  # fail fast on a bad path, lead or signal file, before any output
+        header = read_header(p)
+        try:
+            pick_lead(header.sig_name, lead)
+        except RecordError as exc:
+            raise RecordError(f"record {p}: {exc}") from None
+        check_signal_files(header, _record_base(p))
     model, spec, _ = load_any_model(model_ref)
     detector = create("segmenters", segmenter)
-    out = []
+    done = []
     with progress_bar(disable=not show_progress) as bar:
         task = bar.add_task("annotating", total=len(paths))
         for p in paths:
             rec = read_record(p, lead)
             peaks, symbols, _ = annotate_record(model, spec, rec, detector)
-            if peaks.size == 0:
-                warnings.warn(f"record {rec.name}: no beats detected; writing an empty annotation file",
-                              stacklevel=2)
-            f = write_annotations(Path(out_dir), rec.name, ext, peaks, symbols, rec.fs)
-            counts = {c: symbols.count(c) for c in spec["classes"]}
-            out.append({"record": rec.name, "file": str(f), "beats": int(peaks.size), "seconds": rec.duration_s,
-                        **counts})
+            done.append((rec, peaks, symbols))
             bar.update(task, advance=1, description=f"annotating {rec.name}")
+    out = []
+    for rec, peaks, symbols in done:  # every record annotated: now write (an error above leaves no file)
+        if peaks.size == 0:
+            warnings.warn(f"record {rec.name}: no beats detected; writing an empty annotation file", stacklevel=2)
+        f = write_annotations(Path(out_dir), rec.name, ext, peaks, symbols, rec.fs)
+        counts = {c: symbols.count(c) for c in spec["classes"]}
+        out.append({"record": rec.name, "file": str(f), "beats": int(peaks.size), "seconds": rec.duration_s,
+                    **counts})
     return out

@@ -71,6 +71,16 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"refusing to load {p}: not a safe ecgkit checkpoint ({first[:200]})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not an ecgkit checkpoint (format {FORMAT})")
+    need = {"encoder": str, "params": dict, "input_spec": dict, "state_dict": dict}
+    missing = [k for k, t in need.items() if not isinstance(ck.get(k), t)]
+    if missing:
+        raise CheckpointError(f"{p}: damaged ecgkit checkpoint, missing or malformed {', '.join(missing)}")
+    bad = [k for k, v in ck["state_dict"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{p}: non-finite weights in {bad[0]}"
+                              + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else "")
+                              + " (a diverged training run?); refusing to classify with it")
     return ck
 
 

@@ -222,7 +222,7 @@ def export(model, fmt, out):
               help="kfold: patient-wise k-fold training + evaluation over all non-paced records.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Training config for --protocol kfold.")
-@click.option("--folds", type=int, default=5, show_default=True, help="Number of folds for --protocol kfold.")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Number of folds for --protocol kfold.")
 @lead_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write report.json, report.md and confusion_matrix.png here.")

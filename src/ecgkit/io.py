@@ -7,6 +7,7 @@ becomes a one-line :class:`~ecgkit.errors.RecordError`.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -90,9 +91,20 @@ def read_header(path: str | os.PathLike):
     if hea.stat().st_size == 0:
         raise RecordError(f"record {base}: header {hea.name} is empty")
     try:
-        return wfdb.rdheader(str(base))
+        header = wfdb.rdheader(str(base))
     except Exception as exc:  # wfdb raises many types for a malformed header
         raise RecordError(f"record {base}: unreadable header {hea.name}: {exc or type(exc).__name__}") from None
+    # wfdb silently replaces an fs it cannot parse ('-360', 'nan') by its 250 Hz default: check the token
+    record_line = next((ln.split() for ln in hea.read_text(errors="replace").splitlines()
+                        if ln.strip() and not ln.lstrip().startswith("#")), [])
+    token = record_line[2].split("/")[0] if len(record_line) > 2 else None  # absent: WFDB's 250 Hz default
+    try:
+        fs_ok = token is None or (math.isfinite(float(token)) and float(token) > 0)
+    except ValueError:
+        fs_ok = False
+    if not fs_ok or not (header.fs and math.isfinite(header.fs) and header.fs > 0):
+        raise RecordError(f"record {base}: invalid sampling frequency {token!r} in {hea.name}")
+    return header
 
 
 def pick_lead(sig_names: list[str], lead: str | None) -> int:

@@ -52,12 +52,31 @@ def stage_segment(cfg: RunConfig, run_dir: Path, data, log) -> dict:
     return out
 
 
+def preflight(cfg: RunConfig, data=None) -> None:
+    """Check every component name and record the stages will use, before anything is written."""
+    from .datasets import iter_records
+    from .registry import create, get
+
+    if "train" in cfg.stages:
+        params = dict(cfg.model.params)
+        params.setdefault("seq_len", cfg.train.seq_len)
+        create("encoders", cfg.model.name, **params)  # names and parameter types, as train() will build it
+        get("segmenters", cfg.data.segmenter)
+        train = cfg.data.train
+        iter_records([train] if isinstance(train, str) else list(train), data, cfg.data.lead)
+    for seg in cfg.evaluate.segmenters:
+        get("segmenters", seg)
+    if {"segment", "evaluate", "explain"} & set(cfg.stages):
+        iter_records(_test_records(cfg), data, cfg.data.lead)
+
+
 def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
     """Run the configured stages; return the path of the run report."""
     from .evaluate import evaluate, markdown
     from .train import train
 
     data = data or cfg.data.data
+    preflight(cfg, data)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.json", lambda t: t.write_text(json.dumps(to_dict(cfg), indent=1)))

@@ -8,6 +8,7 @@ backward (zero phase), and polyphase resampling.
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Callable, Sequence
 
@@ -18,6 +19,13 @@ from . import hookimpl
 from .errors import ConfigError
 
 Step = Callable[[np.ndarray, float], tuple[np.ndarray, float]]
+
+
+def _number(what: str, v, minimum: float = 0.0, strict: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or (v <= minimum if strict else v < minimum):
+        raise ConfigError(f"{what} must be a number {'>' if strict else '>='} {minimum:g}, got {v!r}")
+    return float(v)
 
 
 def bandpass_sos(fs: float, low_hz: float = 0.5, high_hz: float = 35.0, order: int = 2) -> np.ndarray:
@@ -33,6 +41,9 @@ def bandpass_sos(fs: float, low_hz: float = 0.5, high_hz: float = 35.0, order: i
 
 def bandpass(low_hz: float = 0.5, high_hz: float = 35.0, order: int = 2) -> Step:
     """Butterworth band-pass, zero-phase (default 0.5-35 Hz)."""
+    low_hz, high_hz = _number("bandpass: low_hz", low_hz), _number("bandpass: high_hz", high_hz)
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ConfigError(f"bandpass: order must be an integer >= 1, got {order!r}")
 
     def apply(signal: np.ndarray, fs: float):
         x = np.asarray(signal, dtype=np.float64)
@@ -48,6 +59,7 @@ def bandpass(low_hz: float = 0.5, high_hz: float = 35.0, order: int = 2) -> Step
 
 def zscore(eps: float = 1e-8) -> Step:
     """Subtract the record mean and divide by its standard deviation (per record)."""
+    eps = _number("zscore: eps", eps, strict=False)
 
     def apply(signal: np.ndarray, fs: float):
         x = np.asarray(signal, dtype=np.float64)
@@ -61,14 +73,18 @@ def zscore(eps: float = 1e-8) -> Step:
 
 def resample(fs_hz: float = 360.0) -> Step:
     """Polyphase resampling to ``fs_hz`` (scipy ``resample_poly``)."""
-    if fs_hz <= 0:
-        raise ConfigError(f"resample: fs_hz must be positive, got {fs_hz}")
+    fs_hz = _number("resample: fs_hz", fs_hz)
 
     def apply(signal: np.ndarray, fs: float):
         x = np.asarray(signal, dtype=np.float64)
         if abs(fs - fs_hz) < 1e-9 or x.size == 0:
             return x.copy(), float(fs_hz)
-        ratio = Fraction(fs_hz / fs).limit_denominator(1000)
+        if not 1e-3 <= fs_hz / fs <= 1e3:
+            raise ConfigError(f"resample: {fs} Hz -> {fs_hz} Hz is beyond a factor of 1000")
+        # exact for decimal rates (360.2 Hz): an approximate ratio drifts away from the beat positions
+        ratio = Fraction(str(float(fs_hz))) / Fraction(str(float(fs)))
+        if max(ratio.numerator, ratio.denominator) > 100_000:
+            ratio = ratio.limit_denominator(100_000)
         return sps.resample_poly(x, ratio.numerator, ratio.denominator), float(fs_hz)
 
     return apply
@@ -130,22 +146,26 @@ def parse_step(text: str) -> dict:
 
 def preprocess_records(records, chain, out_dir):
     """Apply ``chain`` to each record; write ``<out_dir>/<record>.npz`` with ``signal`` and ``fs``."""
+    import os
+    import tempfile
     from pathlib import Path
 
-    from .io import atomic_write
     from .progress import progress_bar
 
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with progress_bar() as bar:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-") as tmp, progress_bar() as bar:
         task = bar.add_task("preprocessing", total=len(records) if hasattr(records, "__len__") else None)
-        for rec in records:
+        staged = []
+        for rec in records:  # stage every file; an error or Ctrl-C here leaves nothing in out_dir
             x, fs = run_chain(rec.signal, rec.fs, chain)
-
-            def write(tmp, x=x, fs=fs, rec=rec):
-                with open(tmp, "wb") as f:
-                    np.savez(f, signal=x.astype(np.float32), fs=np.float64(fs), lead=np.array(rec.lead))
-
-            written.append(atomic_write(out_dir / f"{rec.name}.npz", write))
+            with open(Path(tmp, f"{rec.name}.npz"), "wb") as f:
+                np.savez(f, signal=x.astype(np.float32), fs=np.float64(fs), lead=np.array(rec.lead))
+            staged.append(rec.name)
             bar.update(task, advance=1, description=f"preprocessing {rec.name}")
+        for name in staged:
+            os.chmod(Path(tmp, f"{name}.npz"), 0o644)
+            os.replace(Path(tmp, f"{name}.npz"), out_dir / f"{name}.npz")
+            written.append(out_dir / f"{name}.npz")
     return written

@@ -380,6 +380,9 @@ def quantize(model_ref: str, out, data=None, calib_records=("DS1",), calib_beats
     methods = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
     if method not in methods:
         raise ConfigError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
+    from .datasets import iter_records
+
+    _check_calibration_records(iter_records(list(calib_records), data).paths, data)  # before the slow export
     proto, spec, info, _ = _fp32_proto(model_ref)
     seqs = calibration_sequences(spec, calib_records, data, calib_beats)
     with tempfile.TemporaryDirectory(prefix="ecgkit-quant-") as tmp:

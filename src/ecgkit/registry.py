@@ -92,4 +92,12 @@ def create(kind: str, name: str, pm=None, **params) -> Callable:
         raise RegistryError(f"{kind[:-1]} {name!r}: bad parameters {params}: {exc}") from None
     except ValueError:  # no signature available (builtins): let the call decide
         pass
-    return comp.factory(**params)
+    from .errors import EcgkitError
+
+    try:
+        return comp.factory(**params)
+    except EcgkitError:
+        raise
+    except (TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RegistryError(f"{kind[:-1]} {name!r}: bad parameters {params}: {first[:200]}") from None

@@ -270,6 +270,11 @@ def segment_records(records, segmenter: str, out_dir, ext: str = "qrs", *, windo
     from .progress import progress_bar
     from .registry import create
 
+    if windows and (before_s < 0 or after_s < 0 or before_s + after_s <= 0):
+        from .errors import ConfigError
+
+        raise ConfigError(f"beat window: --before ({before_s} s) and --after ({after_s} s) must be >= 0, "
+                          f"and not both 0")
     detector = create("segmenters", segmenter)
     out_dir = Path(out_dir)
     if chain is None:
