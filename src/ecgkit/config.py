@@ -46,6 +46,7 @@ class AugmentConfig:
     gaussian: float = 0.1           # white noise (max std, z-units)
     emg: float = 0.1                # EMG-like high-passed bursts (max std, z-units)
     shift_samples: int = 4          # random time shift of each window, +- samples
+    stretch: float = 0.0            # time warp around R: per-sequence factor in [e^-s, e^s] (+2 % per beat)
     rr_jitter: float = 0.03         # multiplicative RR noise (std)
     synthetic_s: float = 0.0        # prob. per N beat (between N beats) of becoming a synthetic premature S
     synthetic_af: float = 0.0       # prob. per S-free sequence of an irregular (AF-like) RR series, labels kept

@@ -80,7 +80,16 @@ def sample_batch(data: dict, names: list[str], seq_len: int, batch: int, g: torc
             torch.from_numpy(np.stack(rrs)), torch.from_numpy(np.stack(ys)))
 
 
-def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int):
+def _warp(x: torch.Tensor, factor: torch.Tensor, centre: int) -> torch.Tensor:
+    """Stretch windows ``x`` (..., L) in time around sample ``centre`` by ``factor`` (linear interpolation)."""
+    L = x.shape[-1]
+    src = (centre + (torch.arange(L) - centre) / factor).clamp(0, L - 1)  # (..., L) source positions
+    i0 = src.floor().long().clamp(max=L - 2)
+    w = src - i0
+    return torch.gather(x, -1, i0) * (1 - w) + torch.gather(x, -1, i0 + 1) * w
+
+
+def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, before: int = 0):
     """Simulate other patients and recording conditions on a batch.
 
     W (B, T, L) windows, med (B, L) median beats, rr (B, T, 4) seconds. Returns the
@@ -100,6 +109,10 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int):
         med = med * gain[:, 0]
     if a.amplitude_beat > 0:
         W = W * (1 + a.amplitude_beat * N(B, T, 1))
+    if a.stretch > 0:  # QRS and T widths differ between patients: warp around R, per sequence (+ per beat)
+        f = torch.exp((U(B, 1, 1) * 2 - 1) * a.stretch)                   # (B, 1, 1)
+        W = _warp(W, f * (1 + 0.02 * N(B, T, 1)), margin + before)          # (B, T, L)
+        med = _warp(med[:, None, :], f.expand(B, 1, L), margin + before)[:, 0]
     t = torch.linspace(-1, 1, L)[None, None, :]
     if a.baseline > 0:  # wander: offset + slope + slow sine within the window
         W = W + a.baseline * (N(B, T, 1) + N(B, T, 1) * t
@@ -289,7 +302,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                     rr, af = synthetic_af(rr, y, g, tc.augment.synthetic_af, spec.get("local_rr_beats", 10))
                 if tc.augment.synthetic_s > 0:
                     rr[~af], y[~af] = synthetic_s(rr[~af], y[~af], g, tc.augment.synthetic_s)
-                W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin)
+                W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
                 yf = y.reshape(-1)
