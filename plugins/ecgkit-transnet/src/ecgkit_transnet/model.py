@@ -52,7 +52,7 @@ class TransNetConfig:
     channels: list[str] = field(default_factory=lambda: ["beat", "beat_minus_record_median"])
     classes: list[str] = field(default_factory=lambda: ["N", "S", "V", "F", "Q"])
     n_classes: int = 5
-    seq_len: int = 64                    # beats per training sequence (inference may use any length <= max_len)
+    seq_len: int = 256                   # beats per sequence (train crops; inference chunks of the same length)
     max_len: int = 512                   # size of the learned positional table
     local_rr_beats: int = 10             # local_mean_rr = mean of the last 10 pre-RR (documentation of the contract)
     bandpass_hz: tuple[float, float] = (0.5, 35.0)
