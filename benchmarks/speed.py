@@ -14,10 +14,10 @@ its own fresh subprocess (so peak RSS is its own), in this order:
   ecgkit is reported apart. Peak RSS is the process's peak resident set size (VmHWM) after these runs.
 * **DS2 figures**: ``ecgkit.evaluate.evaluate`` on DS2 with the reference beats (the literature's
   protocol): accuracy, SVEB and VEB Se / +P / F1, and the beats whose class differs between variants.
-* **throughput**: beats per second of ``predict_log_proba`` (whole records, 64-beat sequences
+* **throughput**: beats per second of ``predict_log_proba`` (whole records, ``seq_len``-beat sequences
   overlapping by half, so every beat goes through the model twice) at 1 and 2 threads.
-* **batch-1 latency**: one model call on one sequence of ``seq_len`` (64) consecutive beats, i.e.
-  the new beat and the 63 before it as context: the call a streaming annotator makes for each new
+* **batch-1 latency**: one model call on one sequence of ``seq_len`` consecutive beats, i.e.
+  the new beat and the ``seq_len`` - 1 before it as context: the call a streaming annotator makes for each new
   beat (the transformer looks at the whole sequence, so nothing can be cached). 1 thread,
   p50 / p99 over ``--latency-calls`` calls after a warm-up.
 
@@ -60,30 +60,35 @@ def _rss_mb() -> float:
 
 
 def _e2e(model_ref: str, paths: list[str], out_dir: str) -> dict:
-    """One ``annotate`` call over ``paths``; per-record wall times from the write of each record."""
+    """One ``annotate`` call over ``paths``; per-record wall times between successive classifications.
+
+    ``annotate`` reads, filters, detects and classifies every record, then writes all the
+    files (so an error leaves none): a record's time runs from the end of the previous
+    record's classification to the end of its own; the writes are in the total only.
+    """
     import ecgkit.annotate as A
     import ecgkit.models as M
 
     stamps: list[tuple[str, float]] = []
-    real_load, real_write = M.load_any_model, A.write_annotations
+    real_load, real_classify = M.load_any_model, A.annotate_record
 
     def load(ref):
         out = real_load(ref)
         stamps.append(("<load>", time.perf_counter()))
         return out
 
-    def write(out_dir, name, *a, **k):
-        f = real_write(out_dir, name, *a, **k)
-        stamps.append((name, time.perf_counter()))
-        return f
+    def classify(model, spec, record, detector):
+        out = real_classify(model, spec, record, detector)
+        stamps.append((record.name, time.perf_counter()))
+        return out
 
-    M.load_any_model, A.write_annotations = load, write
+    M.load_any_model, A.annotate_record = load, classify
     try:
         t0 = time.perf_counter()
         rows = A.annotate(paths, model_ref, "pan-tompkins", out_dir, show_progress=False)
         total = time.perf_counter() - t0
     finally:
-        M.load_any_model, A.write_annotations = real_load, real_write
+        M.load_any_model, A.annotate_record = real_load, real_classify
     per = {}
     for (_, prev), (name, t), row in zip(stamps, stamps[1:], rows):
         per[name] = {"seconds_ecg": row["seconds"], "wall_s": t - prev, "beats": row["beats"]}
@@ -350,10 +355,11 @@ def main(argv=None) -> None:
     head, rows, (per_head, per) = build_tables(res, args)
     title = (f"fp32 vs int8: {args.model} ({res['fp32']['info'].get('encoder')}), int8 = {int8.name}"
              + (f" (quantized in {quant_s:.0f} s)" if quant_s else ""))
+    seq = int(res["fp32"]["latency"]["seq_len"])
     note = (f"{os.cpu_count()} CPUs, 1-min load average {res['loadavg'][0]:.1f} at start, {res['loadavg'][1]:.1f} at end "
             f"(other jobs share the CPUs: the 2-thread figures suffer most); throughput = beats/s of predict_log_proba on {res['fp32']['speed_beats']} beats "
-            f"(every beat runs twice: 64-beat sequences overlap by half); latency = one model call on 1 sequence of "
-            f"64 beats (the new beat + 63 beats of context); annotate = load + read + filter + Pan-Tompkins + "
+            f"(every beat runs twice: {seq}-beat sequences overlap by half); latency = one model call on 1 sequence of "
+            f"{seq} beats (the new beat + {seq - 1} beats of context); annotate = load + read + filter + Pan-Tompkins + "
             f"classify + write; peak RSS = VmHWM of the variant's process after its annotate runs.")
     if args.markdown:
         print(f"**{title}**\n")

@@ -250,24 +250,29 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
 @click.option("--sample-id", default=None, help="Beat as RECORD_beat_N, e.g. 100_beat_5.")
 @click.option("--method", default="gradcam", show_default=True, help="Registered explainer name.")
 @click.option("--class", "cls", default=None, help="With --n: class-average saliency of beats of this class.")
-@click.option("--n", "n_beats", type=int, default=200, show_default=True, help="Beats for --class.")
+@click.option("--n", "n_beats", type=click.IntRange(min=1), default=200, show_default=True, help="Beats for --class.")
+@click.option("--target", default=None,
+              help="Explain this class (N, S, V, F, Q) instead of the predicted one.")
+@click.option("--no-context", is_flag=True, help="With --class: skip the rhythm-context decomposition (faster).")
 @click.option("--segmenter", default="reference", show_default=True,
               help="Beat positions: reference (.atr) or a detector such as pan-tompkins.")
 @data_option
 @lead_option
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
-def explain(model, record, beat, sample_id, method, cls, n_beats, segmenter, data, lead, out):
+def explain(model, record, beat, sample_id, method, cls, n_beats, target, no_context, segmenter, data, lead, out):
     """Why was a beat called V or S? Attribution heatmap PNG + per-sample attributions (.npy)."""
     from . import explain as ex
 
     if cls:
-        files = ex.class_average(model, cls, n_beats, method, out, data=data, records=record, lead=lead)
+        files = ex.class_average(model, cls, n_beats, method, out, data=data, records=record, lead=lead,
+                                 context=not no_context)
     else:
         if sample_id:
             record, beat = ex.parse_sample_id(sample_id)
         if record is None or beat is None:
             raise click.UsageError("give --record and --beat, or --sample-id, or --class")
-        files = ex.explain_beat(model, record, beat, method, out, data=data, segmenter=segmenter, lead=lead)
+        files = ex.explain_beat(model, record, beat, method, out, data=data, segmenter=segmenter, lead=lead,
+                                target=target)
     for f in files:
         click.echo(f"wrote {f}")
 
