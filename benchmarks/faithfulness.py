@@ -52,11 +52,13 @@ def parse_args(argv=None):
     ap.add_argument("--ig-steps", type=int, default=None, help="override ig n_steps")
     ap.add_argument("--shap-nsamples", type=int, default=None, help="override shap nsamples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seq-len", type=int, default=None,
+                    help="beats of context around each explained beat (default: the model's seq_len)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the work is many small single-sequence passes, "
                          "where more threads mostly add contention; 0 = torch's default)")
     ap.add_argument("--quick", action="store_true",
-                    help="small run: records 100 105 200 232 233, 8 beats per class, 10 % steps, "
+                    help="small run: records 100 105 200 232 233, 8 beats per class, 10 %% steps, "
                          "ig 16 steps, shap 32 samples")
     ap.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the results here")
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
             if done >= a.n:
                 break
             rb, beat = pool[j]
-            windows, rr, bi, _ = rb.sequence(beat)
+            windows, rr, bi, _ = rb.sequence(beat, a.seq_len)
             with torch.no_grad():
                 p = torch.softmax(model(windows, rr)[0, bi].float(), -1)
             if int(p.argmax()) != k:  # must also be right in the sequence the explanation uses
@@ -223,7 +225,10 @@ def main(argv=None) -> int:
 
     note = (f"Deletion test on {', '.join(result['records']) if len(paths) <= 6 else f'{len(paths)} records'} "
             f"({a.model}); correctly classified beats only; k = 0..{a.max_frac:g} % in {a.step:g} % steps; "
-            f"ratio = AUC(method) / AUC(random), < 1 = faithful.")
+            f"ratio = AUC(method) / AUC(random), < 1 = faithful; "
+            f"context {a.seq_len or 'the model default'} beats per explained sequence; "
+            f"ig {a.ig_steps or 'default'} steps, shap {a.shap_nsamples or 'default'} samples, "
+            f"{a.random_repeats} random order(s) per beat.")
     if a.markdown:
         lines = [note, "", "| class | method | beats | AUC | AUC random | ratio | win % | p(k=0) | p(10 %) | "
                  f"p({a.max_frac:g} %) | random p({a.max_frac:g} %) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
