@@ -152,27 +152,6 @@ def add_noise(x: np.ndarray, noise: np.ndarray, s_power: float, snr_db: float) -
 
 # --- scoring ----------------------------------------------------------------------------------
 
-def match_to_reference(ref_samples: np.ndarray, peaks: np.ndarray, pred: np.ndarray, tol: int):
-    """Each reference beat takes the prediction of the nearest detection within ``tol`` (else MISSED).
-
-    The same rule as ecgkit.evaluate.classify_records (which cannot take an in-memory record).
-    Returns ``(y_pred, extra_detections)``.
-    """
-    from ecgkit.metrics import MISSED
-
-    y_pred = np.full(ref_samples.size, MISSED, dtype=np.int64)
-    extra = 0
-    if peaks.size and ref_samples.size:
-        j = np.clip(np.searchsorted(peaks, ref_samples), 1, max(peaks.size - 1, 1))
-        cand = np.stack([np.clip(j - 1, 0, peaks.size - 1), np.clip(j, 0, peaks.size - 1)])
-        dist = np.abs(peaks[cand] - ref_samples[None, :])
-        best = cand[dist.argmin(0), np.arange(ref_samples.size)]
-        ok = np.abs(peaks[best] - ref_samples) <= tol
-        y_pred[ok] = pred[best[ok]]
-        extra = int(peaks.size - np.unique(best[ok]).size)
-    return y_pred, extra
-
-
 @dataclass
 class Cell:
     """Pooled results of one (noise, SNR) condition over the records."""
@@ -194,6 +173,8 @@ class Cell:
             self.tp += int(c.tp); self.fn += int(c.fn); self.fp += int(c.fp)
         else:
             self.fn += int(ref_all.size); self.fp += int(peaks.size)
+        from ecgkit.evaluate import match_to_reference
+
         y_pred, _ = match_to_reference(ref_samples, peaks, pred, tol)
         self.y.append(ref_labels); self.p.append(y_pred); self.r.append(np.full(ref_labels.size, name))
 

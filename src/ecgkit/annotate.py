@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .inference import predict_log_proba, prepare_record
-from .io import read_header, read_record, write_annotations
+from .io import write_annotations
 from .registry import create
 
 
@@ -36,23 +36,15 @@ def annotate(paths, model_ref: str = "transnet", segmenter: str = "pan-tompkins"
     from .models import load_any_model
     from .progress import progress_bar
 
-    from .errors import RecordError
-    from .io import _record_base, check_signal_files, pick_lead
+    from .datasets import iter_records
 
-    for p in paths:  # fail fast on a bad path, lead or signal file, before any output
-        header = read_header(p)
-        try:
-            pick_lead(header.sig_name, lead)
-        except RecordError as exc:
-            raise RecordError(f"record {p}: {exc}") from None
-        check_signal_files(header, _record_base(p))
+    records = iter_records(list(paths), None, lead)  # checks every path, lead and signal file now
     model, spec, _ = load_any_model(model_ref)
     detector = create("segmenters", segmenter)
     done = []
     with progress_bar(disable=not show_progress) as bar:
-        task = bar.add_task("annotating", total=len(paths))
-        for p in paths:
-            rec = read_record(p, lead)
+        task = bar.add_task("annotating", total=len(records))
+        for rec in records:
             peaks, symbols, _ = annotate_record(model, spec, rec, detector)
             done.append((rec, peaks, symbols))
             bar.update(task, advance=1, description=f"annotating {rec.name}")

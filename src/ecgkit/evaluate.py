@@ -22,6 +22,24 @@ from .metrics import MISSED, ec57_report, summary_line
 from .registry import create
 
 
+def match_to_reference(ref_samples: np.ndarray, peaks: np.ndarray, pred: np.ndarray, tol: int):
+    """Each reference beat takes the prediction of the nearest detection within ``tol`` samples.
+
+    Reference beats with no detection that close get ``MISSED``. Returns ``(y_pred,
+    extra_detections)``, the latter counting detections matched to no reference beat.
+    """
+    y_pred = np.full(ref_samples.size, MISSED, dtype=np.int64)
+    if not (peaks.size and ref_samples.size):
+        return y_pred, int(peaks.size)
+    j = np.clip(np.searchsorted(peaks, ref_samples), 1, max(peaks.size - 1, 1))
+    cand = np.stack([np.clip(j - 1, 0, peaks.size - 1), np.clip(j, 0, peaks.size - 1)])
+    dist = np.abs(peaks[cand] - ref_samples[None, :])
+    best = cand[dist.argmin(0), np.arange(ref_samples.size)]
+    ok = np.abs(peaks[best] - ref_samples) <= tol
+    y_pred[ok] = pred[best[ok]]
+    return y_pred, int(peaks.size - np.unique(best[ok]).size)
+
+
 def classify_records(model, spec: dict, paths, segmenter: str = "reference", lead=None, progress=None,
                      tolerance_s: float = 0.15):
     """Reference labels, predictions and record names over ``paths`` (missed beats -> ``MISSED``)."""
@@ -36,17 +54,8 @@ def classify_records(model, spec: dict, paths, segmenter: str = "reference", lea
         ref_samples, ref_labels = reference_beats(ref_s, ref_sym)
         peaks = detect_beats(detector, rec)
         pred = predict_log_proba(model, prepare_record(rec, peaks, spec), spec).argmax(-1)
-        # each reference beat takes the prediction of the nearest detection within tolerance
-        tol = int(round(tolerance_s * rec.fs))
-        y_pred = np.full(ref_samples.size, MISSED, dtype=np.int64)
-        if peaks.size and ref_samples.size:
-            j = np.clip(np.searchsorted(peaks, ref_samples), 1, max(peaks.size - 1, 1))
-            cand = np.stack([np.clip(j - 1, 0, peaks.size - 1), np.clip(j, 0, peaks.size - 1)])
-            dist = np.abs(peaks[cand] - ref_samples[None, :])
-            best = cand[dist.argmin(0), np.arange(ref_samples.size)]
-            ok = np.abs(peaks[best] - ref_samples) <= tol
-            y_pred[ok] = pred[best[ok]]
-            extra += int(peaks.size - np.unique(best[ok]).size)
+        y_pred, n_extra = match_to_reference(ref_samples, peaks, pred, int(round(tolerance_s * rec.fs)))
+        extra += n_extra
         ys.append(ref_labels); ps.append(y_pred); rs.append(np.full(ref_labels.size, rec.name))
         if progress:
             progress(rec.name)
