@@ -3,12 +3,12 @@
 Reads top-down:
   1. TransNetConfig   - every hyper-parameter, including what the data prep must produce.
   2. building blocks  - ResBlock1d, BeatTokenizer (learned morphology), ContextFeatures (RR ratios + shape-vs-median).
-  3. ECGTransNet      - tokens + RR embedding -> Transformer encoder -> per-beat logits.
+  3. ECGTransNet      - tokens + context embedding + position -> Transformer encoder -> per-beat logits.
 
 Data contract (what the caller / core must feed)
 ------------------------------------------------
 Per record: lead MLII (chosen by signal name; in MIT-BIH it is channel 0 except record 114, where it is
-channel 1), Butterworth band-pass 0.5-35 Hz (order 2 per edge, zero-phase sosfiltfilt), resampled to
+channel 1), Butterworth band-pass 0.5-35 Hz (scipy butter(2, ..., btype='band'), zero-phase sosfiltfilt), resampled to
 ``fs_hz`` with scipy.signal.resample_poly, then z-scored per record (mean/std of the whole filtered signal).
 
 windows: (batch, beats, channels, samples) float32, samples = before + after, the beat's R position at
@@ -27,11 +27,15 @@ rr: (batch, beats, 4) float32, seconds, columns [pre_rr, post_rr, local_mean_rr,
     record_mean_rr   = mean of pre_rr over all beats of the record (same value for every beat).
 pad_mask: (batch, beats) bool, True where the position is padding (ignored by attention).
 returns logits: (batch, beats, n_classes) for AAMI classes in the order of ``classes``.
+
+Inference (as validated): cut each record into chunks of ``seq_len`` consecutive beats with 50 % overlap (the
+last chunk flush with the record end), average the per-beat log-softmax over the chunks covering a beat with
+a Hann weight (centre of a chunk trusted most), argmax. A record shorter than ``seq_len`` is one chunk.
+Chunks should hold beats of ONE record: the token-median reference below assumes a single patient.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -66,7 +70,7 @@ class TransNetConfig:
     n_heads: int = 4
     n_layers: int = 2
     ff_mult: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.2
     token_dropout: float = 0.0           # optional: drop whole morphology tokens in training (forces use of context)
     morph_stats: bool = True             # hand-made, patient-relative shape scalars (needs the median channel)
     use_token: bool = True               # ablation switch: False = context features only (no learned morphology)
@@ -85,7 +89,7 @@ class TransNetConfig:
 # 2. Building blocks
 # ----------------------------------------------------------------------------------------------------------
 class ResBlock1d(nn.Module):
-    """Pre-activation-free basic residual block: conv-bn-relu-conv-bn + (strided 1x1) shortcut."""
+    """Basic post-activation residual block: conv-bn-relu-conv-bn + (strided 1x1 conv-bn) shortcut, relu."""
 
     def __init__(self, c_in: int, c_out: int, k: int, stride: int):
         super().__init__()
