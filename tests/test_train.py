@@ -172,3 +172,19 @@ def test_garbage_model_file_is_one_line_error(tmp_path, data_dir):
     lines = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(lines) == 1 and "model.pt" in lines[0]
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_patient_kfold_tests_every_record_once_with_unseen_patients(data_dir, tiny_config, tmp_path):
+    from ecgkit.evaluate import kfold
+
+    cfg = load_config(tiny_config(train={**TINY["train"], "epochs": 1, "steps_per_epoch": 2}))
+    records = ["100", "101", "105", "119"]
+    report = kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kf", show_progress=False, records=records)
+    assert report["records"] == records
+    assert report["n_beats"] == sum(v["n_beats"] for v in report["per_record"].values())
+    # each fold trained on the other fold's patients only
+    for fold in (tmp_path / "kf" / "kfold").iterdir():
+        cfg_used = __import__("json").loads(read_checkpoint(fold / "best.pt")["config"])
+        assert not set(cfg_used["data"]["train"]) & set(cfg_used["data"]["test"])
+        assert set(cfg_used["data"]["val"]) <= set(cfg_used["data"]["train"])
+    assert (tmp_path / "kf" / "report.json").is_file() and (tmp_path / "kf" / "confusion_matrix.png").is_file()

@@ -144,7 +144,7 @@ def write_report(report: dict, out_dir: Path) -> None:
 __all__ = ["classify_records", "evaluate", "markdown", "summary_line", "write_report"]
 
 
-def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True) -> dict:
+def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, records=None) -> dict:
     """Patient-wise k-fold: train ``cfg`` on k-1 folds, evaluate on the held-out fold, pool the beats.
 
     Every non-paced record is tested exactly once, by a model that never saw its patient.
@@ -158,7 +158,7 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True) 
 
     ys, ps, rs = [], [], []
     base = Path(out_dir or cfg.run_dir) / "kfold"
-    for i, (train_recs, test_recs) in enumerate(patient_kfold(SPLITS["all"], k, cfg.seed)):
+    for i, (train_recs, test_recs) in enumerate(patient_kfold(records or SPLITS["all"], k, cfg.seed)):
         c = copy.deepcopy(cfg)
         n_val = max(1, len(train_recs) // 5)
         rng = np.random.default_rng(cfg.seed + i)
