@@ -12,8 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from .config import RunConfig, to_dict
 from .datasets import resolve_records
 from .io import atomic_write
@@ -28,11 +26,10 @@ def stage_segment(cfg: RunConfig, run_dir: Path, data, log) -> dict:
     """Detect beats of the test records with each non-reference segmenter; score Se/+P (150 ms)."""
     from wfdb import processing
 
+    from .datasets import iter_records
     from .datasets.mitdb import BEAT_SYMBOLS
     from .io import read_annotations, read_record
-    from .registry import create
-    from .segment import detect_beats, segment_records
-    from .datasets import iter_records
+    from .segment import segment_records
 
     out = {}
     for seg in [s for s in cfg.evaluate.segmenters if s != "reference"]:
@@ -73,6 +70,7 @@ def preflight(cfg: RunConfig, data=None) -> None:
 def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
     """Run the configured stages; return the path of the run report."""
     from .evaluate import evaluate, markdown
+    from .metrics import summary_line
     from .train import train
 
     data = data or cfg.data.data
@@ -114,7 +112,7 @@ def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
                            cfg.data.lead, run_dir / "evaluate" / seg)
             timings[f"evaluate ({seg})"] = time.time() - t0
             sections += [f"## Evaluation on {split}, segmenter `{seg}`", "", markdown(rep), ""]
-            log(f"evaluate {seg}: " + __import__("ecgkit.metrics", fromlist=["x"]).summary_line(rep))
+            log(f"evaluate {seg}: " + summary_line(rep))
     if "explain" in cfg.stages:
         from .explain import explain_examples
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import hookimpl
-from .datasets.mitdb import AAMI_CLASSES, BEAT_SYMBOLS, reference_beats
+from .datasets.mitdb import BEAT_SYMBOLS, reference_beats
 from .errors import RecordError
 from .io import Record, read_annotations
 
@@ -250,8 +250,6 @@ def labelled_peaks(record: Record, detector, tolerance_s: float = 0.15):
     ref_samples, ref_labels = reference_beats(ref_s, ref_sym)
     return peaks, match_labels(peaks, ref_samples, ref_labels, int(round(tolerance_s * record.fs)))
 
-
-CLASS_NAMES = AAMI_CLASSES
 
 
 def segment_records(records, segmenter: str, out_dir, ext: str = "qrs", *, windows: bool = False,
