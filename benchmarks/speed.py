@@ -2,8 +2,7 @@
 
     python benchmarks/speed.py [--model transnet] [--int8 FILE] [--data DIR] [--markdown] [--quick]
 
-``--model`` is the fp32 model (registered name or checkpoint; for development e.g.
-``/work/scratch_ck/dev/best.pt``). Without ``--int8`` it is first quantized here with
+``--model`` is the fp32 model (registered name or checkpoint file). Without ``--int8`` it is first quantized here with
 ``ecgkit.quantize.quantize`` (calibrated on DS1 beats, never DS2). Each variant is then measured in
 its own fresh subprocess (so peak RSS is its own), in this order:
 

@@ -100,10 +100,6 @@ def lead_option(f):
     return click.option("--lead", default=None, help="Lead name (default MLII, else the first channel).")(f)
 
 
-def not_yet(stage: str):
-    raise click.ClickException(f"`ecgkit {stage}` is not yet available in this version")
-
-
 @click.group(cls=EcgkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ecgkit")
 def cli():
