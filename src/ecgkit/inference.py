@@ -12,7 +12,7 @@ import torch
 
 from .io import Record
 from .preprocess import bandpass, resample, run_chain, zscore
-from .segment import rr_features
+from .segment import beat_windows, rr_features
 
 
 def model_signal(record: Record, spec: dict) -> np.ndarray:
@@ -32,8 +32,7 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
     fs = spec["fs_hz"]
     b, a = spec["before_samples"] + margin, spec["after_samples"] + margin
     pos = np.round(np.asarray(peaks) * fs / record.fs).astype(np.int64)
-    xp = np.concatenate([np.zeros(b, np.float32), x.astype(np.float32), np.zeros(a, np.float32)])
-    W = xp[pos[:, None] + np.arange(b + a)[None, :]] if pos.size else np.zeros((0, b + a), np.float32)
+    W = beat_windows(x, pos, b, a)  # (n, b + a), zero-padded at the record's edges
     med = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
     rr = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10))
     return {"W": W.astype(np.float32), "med": med, "rr": rr}
