@@ -170,6 +170,7 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
         return rr, y
     cand = (y[:, 1:-1] == 0) & (y[:, :-2] == 0) & (y[:, 2:] == 0)
     pick = cand & (torch.rand(B, T - 2, generator=g) < p)
+    pick[:, 1:] &= ~pick[:, :-1]  # never two neighbours: each one's RR edits would overwrite the other's
     bi, ti = pick.nonzero(as_tuple=True)
     ti = ti + 1
     u = 0.55 + 0.30 * torch.rand(len(ti), generator=g)
@@ -181,6 +182,56 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
     rr[bi, ti + 1, 0] = rr[bi, ti, 1]
     y[bi, ti] = 1
     return rr, y
+
+
+def _local_mean(pre: torch.Tensor, local_beats: int) -> torch.Tensor:
+    """Causal mean of the ``local_beats`` most recent pre-RR (the beat's own included), as in segment.rr_features."""
+    T = pre.shape[-1]
+    i = torch.arange(T)
+    lo = (i - (local_beats - 1)).clamp(min=0)
+    cs = torch.cat([torch.zeros(1, dtype=pre.dtype), pre.cumsum(0)])
+    return (cs[i + 1] - cs[lo]) / (i + 1 - lo)
+
+
+def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+    """Frequent atrial ectopy on whole N-only sequences (a label-changing RR augmentation).
+
+    DS1's S beats come from a handful of patients, mostly as isolated beats or short runs in
+    an otherwise regular rhythm; a model trained on them learns "S is rare". Patients with
+    frequent ectopy (bigeminy, couplets, runs, ectopic beats outnumbering sinus beats) break
+    that prior. This rewrites the RR series of a sequence as a two-state rhythm: sinus beats
+    (N) at the patient's rate ``m`` (+-3 %) and premature beats (S) at ``u * m`` with
+    ``u ~ U(0.5, 0.85)``; the sinus beat after an ectopic one comes after a pause of
+    ``m * U(1.0, 2.0)`` (sinus reset or sinus-node dysfunction). Ectopic beats arrive as a
+    sticky Markov chain whose ectopic share is drawn per sequence in ``[0.1, 0.9]``, so
+    runs, bigeminy and S-majority stretches all occur. Local and record means are
+    recomputed so every RR feature stays consistent. Morphology is untouched (S beats
+    have the patient's usual QRS). Returns the new RR, labels and the mask of sequences changed.
+    """
+    B, T = y.shape
+    sel = (y == 0).all(1) & (torch.rand(B, generator=g) < p)
+    for b in sel.nonzero()[:, 0].tolist():
+        U = lambda: float(torch.rand(1, generator=g))  # noqa: E731
+        m = float(rr[b, :, 2].median())
+        u, pause = 0.5 + 0.35 * U(), 1.0 + 1.0 * U()
+        share = 0.1 + 0.8 * U()                   # stationary share of ectopic beats
+        stay = 0.3 + 0.6 * U()                    # P(ectopic -> ectopic): run length
+        enter = share * (1 - stay) / max(1 - share, 1e-3)  # P(sinus -> ectopic) giving that share
+        enter = min(enter, 0.95)
+        ect = torch.zeros(T + 1, dtype=torch.bool)
+        r = torch.rand(T + 1, generator=g)
+        for t in range(1, T + 1):
+            ect[t] = r[t] < (stay if ect[t - 1] else enter)
+        jit = 1 + 0.03 * torch.randn(T + 1, generator=g)
+        prev_ect = torch.cat([torch.zeros(1, dtype=torch.bool), ect[:-1]])
+        iv = torch.where(ect, u * m, torch.where(prev_ect, pause * m, torch.tensor(m))) * jit  # interval before each beat
+        old_mean = rr[b, :, 0].mean()
+        pre, post = iv[:-1], iv[1:]
+        rr[b, :, 0], rr[b, :, 1] = pre, post
+        rr[b, :, 2] = _local_mean(pre, local_beats)
+        rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+        y[b] = ect[:-1].long()  # 1 = S
+    return rr, y, sel
 
 
 # --- evaluation during training --------------------------------------------------------------
@@ -300,6 +351,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 af = torch.zeros(len(y), dtype=torch.bool)
                 if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
                     rr, af = synthetic_af(rr, y, g, tc.augment.synthetic_af, spec.get("local_rr_beats", 10))
+                if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
+                    rr_, y_, ect = synthetic_ectopy(rr[~af], y[~af], g, tc.augment.synthetic_ectopy,
+                                                    spec.get("local_rr_beats", 10))
+                    rr[~af], y[~af] = rr_, y_
+                    af[(~af).nonzero()[:, 0][ect]] = True  # synthetic_s leaves these alone too
                 if tc.augment.synthetic_s > 0:
                     rr[~af], y[~af] = synthetic_s(rr[~af], y[~af], g, tc.augment.synthetic_s)
                 W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])

@@ -1,0 +1,94 @@
+"""Label-changing RR augmentations: the synthetic rhythms must stay self-consistent.
+
+Built on RR features of a real record (100: sinus rhythm, N beats only), so every
+assertion is about what the training loop would actually feed the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecgkit.datasets.mitdb import reference_beats
+from ecgkit.io import read_annotations
+from ecgkit.segment import rr_features
+from ecgkit.train import synthetic_af, synthetic_ectopy, synthetic_s
+
+T = 128
+
+
+@pytest.fixture(scope="module")
+def batch(data_dir):
+    """8 sequences of 128 consecutive beats of record 100 (6 all-N, 2 holding A beats): (rr, y)."""
+    s, sym = read_annotations(str(data_dir / "100"), "atr")
+    samples, labels = reference_beats(s, sym)
+    rr = torch.from_numpy(rr_features(samples, 360.0))
+    y = torch.from_numpy(labels.astype(np.int64))
+    starts = np.arange(0, len(y) - T, 32)
+    n_only = np.array([bool((y[i:i + T] == 0).all()) for i in starts])
+    pick = list(starts[n_only][::3][:6]) + list(starts[~n_only][:2])  # 6 N-only sequences, 2 with A beats
+    return torch.stack([rr[i:i + T] for i in pick]), torch.stack([y[i:i + T] for i in pick])
+
+
+def _consistent(rr: torch.Tensor):
+    """post-RR of beat t is the pre-RR of beat t+1, and the local mean is the causal 10-beat mean."""
+    pre, post, loc = rr[:, 0], rr[:, 1], rr[:, 2]
+    assert torch.allclose(post[:-1], pre[1:], rtol=1e-5)
+    ref = rr_features(np.concatenate([[0.0], np.cumsum(pre.numpy().astype(np.float64))]) * 360.0, 360.0)
+    assert np.allclose(loc.numpy()[9:], ref[10:, 2], rtol=1e-4)  # past the first 10 beats (edge rule differs)
+
+
+def test_synthetic_ectopy_relabels_premature_beats_and_keeps_rr_consistent(batch):
+    rr, y = batch[0].clone(), batch[1].clone()
+    y[1, 5] = 2  # a V beat: that sequence is not N-only and must be left alone
+    before = rr.clone()
+    g = torch.Generator().manual_seed(0)
+    n_only = (y == 0).all(1)
+    rr2, y2, sel = synthetic_ectopy(rr, y, g, p=1.0)
+    y = n_only
+    assert not sel[1] and torch.equal(rr2[1], before[1])
+    assert torch.equal(sel, y)  # with p=1 exactly the N-only sequences change
+    changed = sel.nonzero()[:, 0].tolist()
+    shares = []
+    for b in changed:
+        s = y2[b] == 1
+        assert set(y2[b].unique().tolist()) <= {0, 1}
+        assert s.any() and (~s).any()
+        shares.append(float(s.float().mean()))
+        pre = rr2[b, :, 0]
+        # every ectopic beat comes earlier than every sinus beat (prematurity u <= 0.85, jitter 3 %)
+        assert pre[s].max() < pre[~s].min()
+        _consistent(rr2[b])
+        # the record mean follows the sequence's new mean rate
+        ratio = rr2[b, 0, 3] / before[b, 0, 3]
+        assert torch.isclose(ratio, pre.mean() / before[b, :, 0].mean(), rtol=1e-4)
+    assert max(shares) - min(shares) > 0.1  # the ectopic share varies between sequences
+
+
+def test_synthetic_ectopy_is_seeded_and_off_at_zero(batch):
+    a = synthetic_ectopy(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=1.0)
+    b = synthetic_ectopy(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=1.0)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    rr, y, sel = synthetic_ectopy(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=0.0)
+    assert not sel.any() and torch.equal(rr, batch[0]) and torch.equal(y, batch[1])
+
+
+def test_synthetic_s_makes_single_premature_beats(batch):
+    rr, y = synthetic_s(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(1), p=0.05)
+    new = (y == 1) & (batch[1] == 0)
+    assert new.sum() > 10
+    b, t = new.nonzero(as_tuple=True)
+    u = rr[b, t, 0] / batch[0][b, t, 0]
+    assert ((u >= 0.55 - 1e-5) & (u <= 0.85 + 1e-5)).all()
+    # the time taken from the pre-RR is given to the post-RR: the next beat stays where it was
+    assert torch.allclose(rr[b, t, 0] + rr[b, t, 1], batch[0][b, t, 0] + batch[0][b, t, 1], rtol=1e-5)
+
+
+def test_synthetic_af_keeps_labels_and_makes_rhythm_irregular(batch):
+    rr, sel = synthetic_af(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(2), p=1.0)
+    assert sel.any()
+    for b in sel.nonzero()[:, 0].tolist():
+        _consistent(rr[b])
+        cv = lambda x: float(x.std() / x.mean())  # noqa: E731
+        assert cv(rr[b, :, 0]) > 2 * cv(batch[0][b, :, 0])
