@@ -92,3 +92,29 @@ def test_synthetic_af_keeps_labels_and_makes_rhythm_irregular(batch):
         _consistent(rr[b])
         cv = lambda x: float(x.std() / x.mean())  # noqa: E731
         assert cv(rr[b, :, 0]) > 2 * cv(batch[0][b, :, 0])
+
+
+def test_fibrillatory_p_removes_the_p_wave_only(data_dir):
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.train import fibrillatory_p
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "100"))
+    s, sym = read_annotations(rec.path, "atr")
+    samples, _ = reference_beats(s, sym)
+    d = prepare_record(rec, samples, spec, margin=4)
+    W = torch.from_numpy(d["W"][None, 100:132].copy())  # (1, 32, L), R at 68
+    med = torch.from_numpy(d["med"][None].copy())
+    a, b = 68 - round(0.32 * 180), 68 - round(0.07 * 180)
+    W2, med2 = fibrillatory_p(W.clone(), med.clone(), torch.Generator().manual_seed(0), 68, 180.0)
+    # QRS, T wave and everything outside the P segment untouched
+    assert torch.equal(W2[..., b:], W[..., b:]) and torch.equal(W2[..., :a], W[..., :a])
+    # the median beat's P wave (record 100: sinus rhythm, a clear P wave) is gone: it is now nearly a line
+    k = torch.linspace(0, 1, b - a)
+    line = med[0, a] + (med[0, b - 1] - med[0, a]) * k
+    assert (med[0, a:b] - line).abs().max() > 0.2
+    assert (med2[0, a:b] - line).abs().max() < 0.5 * (med[0, a:b] - line).abs().max()
+    # beats get an oscillation (f-waves) that differs from beat to beat
+    resid = W2[0, :, a:b] - med2[0, a:b]
+    assert resid.std(1).min() > 0.01 and not torch.allclose(resid[0], resid[1], atol=1e-3)

@@ -50,6 +50,7 @@ class AugmentConfig:
     rr_jitter: float = 0.03         # multiplicative RR noise (std)
     synthetic_s: float = 0.0        # prob. per N beat (between N beats) of becoming a synthetic premature S
     synthetic_af: float = 0.0       # prob. per S-free sequence of an irregular (AF-like) RR series, labels kept
+    af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
 
 

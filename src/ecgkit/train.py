@@ -156,6 +156,38 @@ def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
     return rr, sel
 
 
+def fibrillatory_p(W, med, g: torch.Generator, r_index: int, fs: float):
+    """Replace the P wave of whole sequences by fibrillatory waves (the morphology of AF beats).
+
+    W (n, T, L) windows and med (n, L) median beats with the R peak at ``r_index``. The
+    segment R - 320 ms .. R - 70 ms (P wave and PR segment) is replaced by the straight line
+    between its ends (tapered in over 8 samples) plus, on the beats only, an f-wave: a
+    4-9 Hz oscillation of amplitude 0.03-0.15 with a random phase per beat. Used with
+    :func:`synthetic_af` so that an irregular rhythm comes with what AF looks like (no P
+    wave) instead of sinus P waves, which with early timing are what makes a beat S.
+    """
+    n, T, L = W.shape
+    a, b = max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+    if n == 0 or b - a < 4:
+        return W, med
+    k = torch.arange(b - a, dtype=W.dtype) / (b - a - 1)                 # 0..1 across the segment
+    ramp = torch.clamp(torch.minimum(k, 1 - k) * (b - a - 1) / 8, 0, 1)  # taper: 0 at the ends, 1 inside
+
+    def flatten(x):  # (..., L): P segment -> straight line between its end samples
+        line = x[..., a:a + 1] + (x[..., b - 1:b] - x[..., a:a + 1]) * k
+        x = x.clone()
+        x[..., a:b] = x[..., a:b] * (1 - ramp) + line * ramp
+        return x
+
+    W, med = flatten(W), flatten(med)
+    t = torch.arange(b - a, dtype=W.dtype) / fs
+    freq = 4 + 5 * torch.rand(n, 1, 1, generator=g)
+    amp = 0.03 + 0.12 * torch.rand(n, 1, 1, generator=g)
+    phase = 2 * math.pi * torch.rand(n, T, 1, generator=g)
+    W[..., a:b] = W[..., a:b] + ramp * amp * torch.sin(2 * math.pi * freq * t + phase)
+    return W, med
+
+
 def synthetic_s(rr, y, g: torch.Generator, p: float):
     """Synthetic supraventricular premature beats (a label-changing RR augmentation).
 
@@ -351,6 +383,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 af = torch.zeros(len(y), dtype=torch.bool)
                 if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
                     rr, af = synthetic_af(rr, y, g, tc.augment.synthetic_af, spec.get("local_rr_beats", 10))
+                    if tc.augment.af_fibrillatory_p and af.any():
+                        W[af], med[af] = fibrillatory_p(W[af], med[af], g, margin + spec["before_samples"],
+                                                        spec["fs_hz"])
                 if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
                     rr_, y_, ect = synthetic_ectopy(rr[~af], y[~af], g, tc.augment.synthetic_ectopy,
                                                     spec.get("local_rr_beats", 10))
