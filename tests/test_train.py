@@ -188,3 +188,21 @@ def test_patient_kfold_tests_every_record_once_with_unseen_patients(data_dir, ti
         assert not set(cfg_used["data"]["train"]) & set(cfg_used["data"]["test"])
         assert set(cfg_used["data"]["val"]) <= set(cfg_used["data"]["train"])
     assert (tmp_path / "kf" / "report.json").is_file() and (tmp_path / "kf" / "confusion_matrix.png").is_file()
+
+
+def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from ecgkit.cli import cli
+
+    cfg = tiny_config(train={**TINY["train"], "epochs": 1, "steps_per_epoch": 2})
+    out = tmp_path / "cv"
+    res = CliRunner().invoke(cli, ["evaluate", "--protocol", "kfold", "--config", str(cfg), "--folds", "2",
+                                   "--records", "100", "105", "119", "--data", str(data_dir), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "report.json").read_text())["records"] == ["100", "105", "119"]
+    res = CliRunner().invoke(cli, ["evaluate", "--protocol", "kfold", "--config", str(cfg), "--split", "DS9",
+                                   "--data", str(data_dir)])
+    assert res.exit_code == 2 and "unknown split 'DS9'" in res.output

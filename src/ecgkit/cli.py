@@ -215,7 +215,8 @@ def export(model, fmt, out):
 @click.option("--segmenter", default="reference", show_default=True,
               help="reference = the record's own beats (literature protocol); a detector = end to end.")
 @click.option("--protocol", type=click.Choice(["split", "kfold"]), default="split", show_default=True,
-              help="kfold: patient-wise k-fold training + evaluation over all non-paced records.")
+              help="kfold: patient-wise k-fold training + evaluation over all non-paced records "
+                   "(or over --split / --records when given, e.g. --split DS1 for model selection).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Training config for --protocol kfold.")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True, help="Number of folds for --protocol kfold.")
@@ -233,7 +234,16 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
 
         if not config_path:
             raise click.UsageError("--protocol kfold needs --config (the training recipe for each fold)")
-        report = kfold(load_config(config_path), folds, data, out)
+        from .datasets.mitdb import SPLITS
+
+        given = click.get_current_context().get_parameter_source("split") != click.core.ParameterSource.DEFAULT
+        if records:
+            names = [n for r in records for n in SPLITS.get(r, [r])]
+        else:
+            names = SPLITS[split] if given and split in SPLITS else None  # default: all non-paced records
+        if given and not records and split not in SPLITS:
+            raise click.UsageError(f"--protocol kfold: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+        report = kfold(load_config(config_path), folds, data, out, records=names)
     else:
         report = run_eval(model, list(records) if records else [split], data, segmenter, lead, out)
     click.echo(markdown(report))

@@ -160,7 +160,7 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, 
     base = Path(out_dir or cfg.run_dir) / "kfold"
     for i, (train_recs, test_recs) in enumerate(patient_kfold(records or SPLITS["all"], k, cfg.seed)):
         c = copy.deepcopy(cfg)
-        n_val = max(1, len(train_recs) // 5)
+        n_val = min(max(1, len(train_recs) // 5), len(train_recs) - 1)  # a lone training patient: no validation
         rng = np.random.default_rng(cfg.seed + i)
         c.data.train = list(train_recs)
         c.data.val = sorted(rng.choice(train_recs, n_val, replace=False).tolist())
