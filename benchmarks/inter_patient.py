@@ -58,19 +58,33 @@ def main(argv=None) -> None:
         acc, sse, spp, sf1, vse, vpp, vf1 = vals
         rows.append((m, acc, sse, spp, sf1 if sf1 is not None else f1(sse, spp),
                      vse, vpp, vf1 if vf1 is not None else f1(vse, vpp), None))
+    reports = {}
     for seg in args.segmenters:
         t0 = time.time()
-        rep = evaluate(args.model, [args.split], args.data, seg, show_progress=not args.markdown)
+        rep = reports[seg] = evaluate(args.model, [args.split], args.data, seg, show_progress=not args.markdown)
         rows.append((f"**ecgkit {args.model}** ({seg} beats)", *row_of(rep), rep["jk"]))
         print(f"# {seg}: {time.time() - t0:.0f} s", file=sys.stderr)
 
     head = ["method", "acc", "SVEB Se", "SVEB +P", "SVEB F1", "VEB Se", "VEB +P", "VEB F1", "jk"]
     if args.markdown:
+        first = next(iter(reports.values()))
+        print(f"Measured with `python benchmarks/inter_patient.py --markdown` (model `{args.model}`; "
+              f"{args.split}, all {first['n_beats']:,} reference beats; published rows from their papers, "
+              "F1 computed from Se and +P where the paper gives none).\n")
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         for r in rows:
             print("| " + " | ".join([r[0]] + [("" if v is None else f"{v:.1f}") for v in r[1:8]]
                                     + ["" if r[8] is None else f"{r[8]:.3f}"]) + " |")
+        seg = args.segmenters[0]
+        print(f"\nPer record (`ecgkit evaluate --model {args.model} --split {args.split} --out DIR`, {seg} beats):\n")
+        print("| record | beats | acc | S n | S Se | S +P | V n | V Se | V +P |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        pct = lambda x: "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"  # noqa: E731
+        for name, d in reports[seg]["per_record"].items():
+            S, V = d["stats"]["S"], d["stats"]["V"]
+            print(f"| {name} | {d['n_beats']} | {pct(d['accuracy'])} | {S['n']} | {pct(S['Se'])} | {pct(S['+P'])} "
+                  f"| {V['n']} | {pct(V['Se'])} | {pct(V['+P'])} |")
         return
     from rich.console import Console
     from rich.table import Table
