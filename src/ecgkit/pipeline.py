@@ -78,9 +78,11 @@ def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.json", lambda t: t.write_text(json.dumps(to_dict(cfg), indent=1)))
+    selection = (f"minus validation patients {cfg.data.val}; the epoch was picked on them only"
+                 if cfg.data.val else "(all of them; recipe and epochs fixed beforehand, last epoch kept)")
     sections = [f"# ecgkit run: {run_dir.name}", "",
-                f"seed {cfg.seed}; train {cfg.data.train} minus validation patients {cfg.data.val}; "
-                f"test {cfg.data.test}. Model selection used only the validation patients.", ""]
+                f"seed {cfg.seed}; train {cfg.data.train} {selection}; test {cfg.data.test}, "
+                "reported only.", ""]
     model_ref = None
     timings = {}
     if "segment" in cfg.stages:
