@@ -135,6 +135,15 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, befor
     return W, med, rr, shift
 
 
+def _local_mean(pre: torch.Tensor, local_beats: int) -> torch.Tensor:
+    """Causal mean of the ``local_beats`` most recent pre-RR (the beat's own included), as in segment.rr_features."""
+    T = pre.shape[-1]
+    i = torch.arange(T)
+    lo = (i - (local_beats - 1)).clamp(min=0)
+    cs = torch.cat([torch.zeros(1, dtype=pre.dtype), pre.cumsum(0)])
+    return (cs[i + 1] - cs[lo]) / (i + 1 - lo)
+
+
 def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
     """Irregularly irregular rhythm (AF-like) on whole S-free sequences; labels unchanged.
 
@@ -144,15 +153,12 @@ def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
     """
     B, T = y.shape
     sel = ((y == 1).sum(1) == 0) & (torch.rand(B, generator=g) < p)
-    i = torch.arange(T)
-    lo = (i - (local_beats - 1)).clamp(min=0)
     for b in sel.nonzero()[:, 0].tolist():
         m = rr[b, :, 2].mean()
         sigma = 0.1 + 0.25 * float(torch.rand(1, generator=g))
         iv = m * torch.exp(sigma * torch.randn(T + 1, generator=g))  # (T+1,) intervals
         pre, post = iv[:-1], iv[1:]
-        cs = torch.cat([torch.zeros(1), pre.cumsum(0)])
-        rr[b, :, 0], rr[b, :, 1], rr[b, :, 2] = pre, post, (cs[i + 1] - cs[lo]) / (i + 1 - lo)
+        rr[b, :, 0], rr[b, :, 1], rr[b, :, 2] = pre, post, _local_mean(pre, local_beats)
     return rr, sel
 
 
@@ -214,15 +220,6 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
     rr[bi, ti + 1, 0] = rr[bi, ti, 1]
     y[bi, ti] = 1
     return rr, y
-
-
-def _local_mean(pre: torch.Tensor, local_beats: int) -> torch.Tensor:
-    """Causal mean of the ``local_beats`` most recent pre-RR (the beat's own included), as in segment.rr_features."""
-    T = pre.shape[-1]
-    i = torch.arange(T)
-    lo = (i - (local_beats - 1)).clamp(min=0)
-    cs = torch.cat([torch.zeros(1, dtype=pre.dtype), pre.cumsum(0)])
-    return (cs[i + 1] - cs[lo]) / (i + 1 - lo)
 
 
 def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
