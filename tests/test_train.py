@@ -206,3 +206,22 @@ def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_p
     res = CliRunner().invoke(cli, ["evaluate", "--protocol", "kfold", "--config", str(cfg), "--split", "DS9",
                                    "--data", str(data_dir)])
     assert res.exit_code == 2 and "unknown split 'DS9'" in res.output
+
+
+def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys):
+    import importlib.util
+
+    from ecgkit.evaluate import kfold
+
+    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = load_config(tiny_config(train={**TINY["train"], "epochs": 1, "steps_per_epoch": 2}))
+    report = kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kf", show_progress=False, records=["100", "105", "119"])
+    mod.main([str(tmp_path / "kf"), str(tmp_path / "kf"), "--data", str(data_dir)])
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| kf") or ln.startswith("| **ens")]
+    # a run's row reproduces its own kfold report, and an ensemble of one run with itself changes nothing
+    assert f"| {100 * report['accuracy']:.1f} |" in rows[0]
+    assert rows[0].split("|")[2:] == rows[1].split("|")[2:] == rows[2].split("|")[2:]
+    with pytest.raises(SystemExit, match="no kfold"):
+        mod.main([str(tmp_path)])

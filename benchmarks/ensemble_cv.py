@@ -1,0 +1,89 @@
+"""Would a seed ensemble help? Pool the held-out predictions of several DS1 cross-validation runs.
+
+    ecgkit evaluate --protocol kfold --split DS1 --folds 4 --config CONFIG --out RUN   # once per seed
+    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--markdown]
+
+Each RUN is the ``--out`` directory of one ``ecgkit evaluate --protocol kfold`` run (its
+``kfold/fold*/best.pt`` checkpoints record which patients each fold held out). Every
+record is classified by, in each run, the fold model that never saw that patient; the
+ensemble averages those models' per-beat log-probabilities. Prints each run's pooled EC57
+figures (which reproduce that run's ``report.json``) and the ensemble's. DS1 only: this is
+a selection tool, it never touches the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ecgkit.checkpoint import read_checkpoint  # noqa: E402
+from ecgkit.datasets import resolve_records  # noqa: E402
+from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
+from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
+from ecgkit.io import read_annotations, read_record  # noqa: E402
+from ecgkit.metrics import ec57_report  # noqa: E402
+from ecgkit.models import load_any_model  # noqa: E402
+
+
+def held_out_models(run: str) -> dict[str, str]:
+    """record name -> checkpoint of the fold that held it out, for one kfold run directory."""
+    out = {}
+    for ck in sorted(glob.glob(str(Path(run) / "kfold" / "fold*" / "best.pt"))):
+        for rec in json.loads(read_checkpoint(ck)["config"])["data"]["test"]:
+            out[rec] = ck
+    if not out:
+        raise SystemExit(f"Error: {run} holds no kfold/fold*/best.pt (not an `evaluate --protocol kfold --out` directory)")
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="--out directories of `ecgkit evaluate --protocol kfold` runs")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+
+    maps = [held_out_models(r) for r in args.runs]
+    records = sorted(set(maps[0]).intersection(*maps[1:]))
+    paths = dict(zip(records, resolve_records(records, args.data)))
+    cache: dict[str, tuple] = {}
+    ys, rs, each, ens = [], [], [[] for _ in maps], []
+    for rec in records:
+        r = read_record(paths[rec])
+        samples, labels = reference_beats(*read_annotations(r.path, "atr"))
+        lps = []
+        for i, m in enumerate(maps):
+            if m[rec] not in cache:
+                cache[m[rec]] = load_any_model(m[rec])
+            model, spec, _ = cache[m[rec]]
+            lp = predict_log_proba(model, prepare_record(r, samples, spec), spec)
+            lps.append(lp)
+            each[i].append(lp.argmax(1))
+        ens.append(np.mean(lps, axis=0).argmax(1))
+        ys.append(labels)
+        rs.append(np.full(labels.size, rec))
+    y, rr = np.concatenate(ys), np.concatenate(rs)
+
+    def row(name, pred):
+        rep = ec57_report(y, np.concatenate(pred), rr)
+        g = rep["gross"]
+        f = lambda c: f"{100 * g[c]['Se']:.1f} / {100 * g[c]['+P']:.1f} / {100 * g[c]['F1']:.1f}"  # noqa: E731
+        return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
+
+    print(f"{len(records)} records, {y.size:,} beats; each scored only by models that held its patient out.\n")
+    print("| run | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")
+    print("|---|---|---|---|---|")
+    for run, pred in zip(args.runs, each):
+        print(row(Path(run).name, pred))
+    print(row(f"**ensemble of {len(maps)}** (mean log-probability)", ens))
+
+
+if __name__ == "__main__":
+    main()
