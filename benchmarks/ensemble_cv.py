@@ -26,10 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ecgkit.checkpoint import read_checkpoint  # noqa: E402
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
+from ecgkit.evaluate import match_to_reference  # noqa: E402
 from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import read_annotations, read_record  # noqa: E402
 from ecgkit.metrics import ec57_report  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
+from ecgkit.registry import create  # noqa: E402
+from ecgkit.segment import detect_beats  # noqa: E402
 
 
 def held_out_models(run: str) -> dict[str, str]:
@@ -43,6 +46,13 @@ def held_out_models(run: str) -> dict[str, str]:
     return out
 
 
+def report_row(name: str, rep: dict) -> str:
+    """One markdown row of an EC57 report: accuracy, SVEB and VEB Se / +P / F1, jk."""
+    g = rep["gross"]
+    f = lambda c: f"{100 * g[c]['Se']:.1f} / {100 * g[c]['+P']:.1f} / {100 * g[c]['F1']:.1f}"  # noqa: E731
+    return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="--out directories of `ecgkit evaluate --protocol kfold` runs")
@@ -54,28 +64,28 @@ def main(argv=None) -> None:
     records = sorted(set(maps[0]).intersection(*maps[1:]))
     paths = dict(zip(records, resolve_records(records, args.data)))
     cache: dict[str, tuple] = {}
+    detector = create("segmenters", "reference")
     ys, rs, each, ens = [], [], [[] for _ in maps], []
-    for rec in records:
+    for rec in records:  # as evaluate.classify_records with the reference segmenter, keeping log-probabilities
         r = read_record(paths[rec])
-        samples, labels = reference_beats(*read_annotations(r.path, "atr"))
+        ref_samples, labels = reference_beats(*read_annotations(r.path, "atr"))
+        peaks = detect_beats(detector, r)
+        tol = int(round(0.15 * r.fs))
         lps = []
         for i, m in enumerate(maps):
             if m[rec] not in cache:
                 cache[m[rec]] = load_any_model(m[rec])
             model, spec, _ = cache[m[rec]]
-            lp = predict_log_proba(model, prepare_record(r, samples, spec), spec)
+            lp = predict_log_proba(model, prepare_record(r, peaks, spec), spec)
             lps.append(lp)
-            each[i].append(lp.argmax(1))
-        ens.append(np.mean(lps, axis=0).argmax(1))
+            each[i].append(match_to_reference(ref_samples, peaks, lp.argmax(1), tol)[0])
+        ens.append(match_to_reference(ref_samples, peaks, np.mean(lps, axis=0).argmax(1), tol)[0])
         ys.append(labels)
         rs.append(np.full(labels.size, rec))
     y, rr = np.concatenate(ys), np.concatenate(rs)
 
     def row(name, pred):
-        rep = ec57_report(y, np.concatenate(pred), rr)
-        g = rep["gross"]
-        f = lambda c: f"{100 * g[c]['Se']:.1f} / {100 * g[c]['+P']:.1f} / {100 * g[c]['F1']:.1f}"  # noqa: E731
-        return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
+        return report_row(name, ec57_report(y, np.concatenate(pred), rr))
 
     print(f"{len(records)} records, {y.size:,} beats; each scored only by models that held its patient out.\n")
     print("| run | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")

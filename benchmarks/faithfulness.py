@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.integrate import trapezoid
 import torch
 
 
@@ -125,7 +126,7 @@ def deletion_curves(model, spec, rb, beat, windows, rr, bi, target, orders, frac
 
 
 def auc(curves, fracs):
-    return np.trapezoid(curves, fracs, axis=-1) / (fracs[-1] - fracs[0])
+    return trapezoid(curves, fracs, axis=-1) / (fracs[-1] - fracs[0])
 
 
 def main(argv=None) -> int:

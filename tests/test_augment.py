@@ -46,9 +46,8 @@ def test_synthetic_ectopy_relabels_premature_beats_and_keeps_rr_consistent(batch
     g = torch.Generator().manual_seed(0)
     n_only = (y == 0).all(1)
     rr2, y2, sel = synthetic_ectopy(rr, y, g, p=1.0)
-    y = n_only
     assert not sel[1] and torch.equal(rr2[1], before[1])
-    assert torch.equal(sel, y)  # with p=1 exactly the N-only sequences change
+    assert torch.equal(sel, n_only)  # with p=1 exactly the N-only sequences change
     changed = sel.nonzero()[:, 0].tolist()
     shares = []
     for b in changed:
@@ -81,13 +80,18 @@ def test_synthetic_s_makes_single_premature_beats(batch):
     b, t = new.nonzero(as_tuple=True)
     u = rr[b, t, 0] / batch[0][b, t, 0]
     assert ((u >= 0.55 - 1e-5) & (u <= 0.85 + 1e-5)).all()
+    assert not (new[:, 1:] & new[:, :-1]).any()  # never two neighbours
+    # the neighbours' intervals agree with the edited beat's
+    assert torch.allclose(rr[b, t - 1, 1], rr[b, t, 0]) and torch.allclose(rr[b, t + 1, 0], rr[b, t, 1])
     # the time taken from the pre-RR is given to the post-RR: the next beat stays where it was
     assert torch.allclose(rr[b, t, 0] + rr[b, t, 1], batch[0][b, t, 0] + batch[0][b, t, 1], rtol=1e-5)
 
 
 def test_synthetic_af_keeps_labels_and_makes_rhythm_irregular(batch):
-    rr, sel = synthetic_af(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(2), p=1.0)
-    assert sel.any()
+    y = batch[1].clone()
+    rr, sel = synthetic_af(batch[0].clone(), y, torch.Generator().manual_seed(2), p=1.0)
+    assert torch.equal(sel, (batch[1] == 1).sum(1) == 0)  # with p=1 every S-free sequence, no other
+    assert torch.equal(y, batch[1]) and torch.equal(rr[~sel], batch[0][~sel])  # labels kept, others untouched
     for b in sel.nonzero()[:, 0].tolist():
         _consistent(rr[b])
         cv = lambda x: float(x.std() / x.mean())  # noqa: E731

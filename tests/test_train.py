@@ -181,12 +181,16 @@ def test_patient_kfold_tests_every_record_once_with_unseen_patients(data_dir, ti
     records = ["100", "101", "105", "119"]
     report = kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kf", show_progress=False, records=records)
     assert report["records"] == records
-    assert report["n_beats"] == sum(v["n_beats"] for v in report["per_record"].values())
-    # each fold trained on the other fold's patients only
-    for fold in (tmp_path / "kf" / "kfold").iterdir():
+    # each fold trained on the other fold's patients only, and every record was tested exactly once
+    folds = sorted((tmp_path / "kf" / "kfold").iterdir())
+    assert len(folds) == 2
+    tested = []
+    for fold in folds:
         cfg_used = __import__("json").loads(read_checkpoint(fold / "best.pt")["config"])
         assert not set(cfg_used["data"]["train"]) & set(cfg_used["data"]["test"])
         assert set(cfg_used["data"]["val"]) <= set(cfg_used["data"]["train"])
+        tested += cfg_used["data"]["test"]
+    assert sorted(tested) == records
     assert (tmp_path / "kf" / "report.json").is_file() and (tmp_path / "kf" / "confusion_matrix.png").is_file()
 
 
@@ -216,12 +220,35 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    cfg = load_config(tiny_config(train={**TINY["train"], "epochs": 1, "steps_per_epoch": 2}))
-    report = kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kf", show_progress=False, records=["100", "105", "119"])
-    mod.main([str(tmp_path / "kf"), str(tmp_path / "kf"), "--data", str(data_dir)])
+    records = ["100", "105", "119"]
+    reports = []
+    for seed in (3, 4):  # two differently seeded runs (other folds, other weights)
+        cfg = load_config(tiny_config(seed=seed, train={**TINY["train"], "epochs": 1, "steps_per_epoch": 2}))
+        reports.append(kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / f"kf{seed}", show_progress=False,
+                             records=records))
+    mod.main([str(tmp_path / "kf3"), str(tmp_path / "kf4"), "--data", str(data_dir)])
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| kf") or ln.startswith("| **ens")]
-    # a run's row reproduces its own kfold report, and an ensemble of one run with itself changes nothing
-    assert f"| {100 * report['accuracy']:.1f} |" in rows[0]
-    assert rows[0].split("|")[2:] == rows[1].split("|")[2:] == rows[2].split("|")[2:]
+    # each run's row reproduces that run's own kfold report, every column
+    assert rows[0] == mod.report_row("kf3", reports[0]) and rows[1] == mod.report_row("kf4", reports[1])
+    # the ensemble row is the mean of the two runs' held-out models, recomputed here
+    from ecgkit.datasets import resolve_records
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.metrics import ec57_report
+    from ecgkit.models import load_any_model
+
+    held = [mod.held_out_models(str(tmp_path / d)) for d in ("kf3", "kf4")]
+    ys, ps, rs = [], [], []
+    for name, path in zip(records, resolve_records(records, data_dir)):
+        r = read_record(path)
+        samples, labels = reference_beats(*read_annotations(r.path, "atr"))
+        lps = []
+        for h in held:
+            model, mspec, _ = load_any_model(h[name])
+            lps.append(predict_log_proba(model, prepare_record(r, samples, mspec), mspec))
+        ys.append(labels); ps.append(np.mean(lps, 0).argmax(1)); rs.append(np.full(labels.size, name))
+    expected = ec57_report(np.concatenate(ys), np.concatenate(ps), np.concatenate(rs))
+    assert rows[2].split("|")[2:] == mod.report_row("x", expected).split("|")[2:]
     with pytest.raises(SystemExit, match="no kfold"):
         mod.main([str(tmp_path)])

@@ -236,13 +236,13 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
             raise click.UsageError("--protocol kfold needs --config (the training recipe for each fold)")
         from .datasets.mitdb import SPLITS
 
-        given = click.get_current_context().get_parameter_source("split") != click.core.ParameterSource.DEFAULT
+        names = None  # default: all non-paced records
         if records:
             names = [n for r in records for n in SPLITS.get(r, [r])]
-        else:
-            names = SPLITS[split] if given and split in SPLITS else None  # default: all non-paced records
-        if given and not records and split not in SPLITS:
-            raise click.UsageError(f"--protocol kfold: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+        elif click.get_current_context().get_parameter_source("split") != click.core.ParameterSource.DEFAULT:
+            if split not in SPLITS:
+                raise click.UsageError(f"--protocol kfold: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+            names = SPLITS[split]
         report = kfold(load_config(config_path), folds, data, out, records=names)
     else:
         report = run_eval(model, list(records) if records else [split], data, segmenter, lead, out)

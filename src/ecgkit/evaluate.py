@@ -28,14 +28,12 @@ def match_to_reference(ref_samples: np.ndarray, peaks: np.ndarray, pred: np.ndar
     Reference beats with no detection that close get ``MISSED``. Returns ``(y_pred,
     extra_detections)``, the latter counting detections matched to no reference beat.
     """
+    from .segment import match_labels
+
+    # the nearest-neighbour search of segment.match_labels, run from the reference beats' side
+    best = match_labels(ref_samples, peaks, np.arange(peaks.size), tol)  # detection index, -1 if none
+    ok = best >= 0
     y_pred = np.full(ref_samples.size, MISSED, dtype=np.int64)
-    if not (peaks.size and ref_samples.size):
-        return y_pred, int(peaks.size)
-    j = np.clip(np.searchsorted(peaks, ref_samples), 1, max(peaks.size - 1, 1))
-    cand = np.stack([np.clip(j - 1, 0, peaks.size - 1), np.clip(j, 0, peaks.size - 1)])
-    dist = np.abs(peaks[cand] - ref_samples[None, :])
-    best = cand[dist.argmin(0), np.arange(ref_samples.size)]
-    ok = np.abs(peaks[best] - ref_samples) <= tol
     y_pred[ok] = pred[best[ok]]
     return y_pred, int(peaks.size - np.unique(best[ok]).size)
 

@@ -245,8 +245,7 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
         u, pause = 0.5 + 0.35 * U(), 1.0 + 1.0 * U()
         share = 0.1 + 0.8 * U()                   # stationary share of ectopic beats
         stay = 0.3 + 0.6 * U()                    # P(ectopic -> ectopic): run length
-        enter = share * (1 - stay) / max(1 - share, 1e-3)  # P(sinus -> ectopic) giving that share
-        enter = min(enter, 0.95)
+        enter = min(share * (1 - stay) / (1 - share), 0.95)  # P(sinus -> ectopic) giving that share
         ect = torch.zeros(T + 1, dtype=torch.bool)
         r = torch.rand(T + 1, generator=g)
         for t in range(1, T + 1):
@@ -377,19 +376,20 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                     group["lr"] = lr_at(step, total_steps, tc.lr)
                 W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
                 rr, y = rr.clone(), y.clone()
-                af = torch.zeros(len(y), dtype=torch.bool)
+                local_beats = spec.get("local_rr_beats", 10)
+                rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
                 if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
-                    rr, af = synthetic_af(rr, y, g, tc.augment.synthetic_af, spec.get("local_rr_beats", 10))
-                    if tc.augment.af_fibrillatory_p and af.any():
-                        W[af], med[af] = fibrillatory_p(W[af], med[af], g, margin + spec["before_samples"],
-                                                        spec["fs_hz"])
+                    rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats)
+                    if tc.augment.af_fibrillatory_p and rewritten.any():
+                        W[rewritten], med[rewritten] = fibrillatory_p(W[rewritten], med[rewritten], g,
+                                                                      margin + spec["before_samples"], spec["fs_hz"])
+                keep = ~rewritten
                 if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
-                    rr_, y_, ect = synthetic_ectopy(rr[~af], y[~af], g, tc.augment.synthetic_ectopy,
-                                                    spec.get("local_rr_beats", 10))
-                    rr[~af], y[~af] = rr_, y_
-                    af[(~af).nonzero()[:, 0][ect]] = True  # synthetic_s leaves these alone too
+                    rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
+                                                              local_beats)
+                    keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
                 if tc.augment.synthetic_s > 0:
-                    rr[~af], y[~af] = synthetic_s(rr[~af], y[~af], g, tc.augment.synthetic_s)
+                    rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
                 W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
