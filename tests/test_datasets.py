@@ -188,3 +188,11 @@ def test_iter_records_checks_headers_up_front(data_dir):
     assert len(stream) == 1
     (rec,) = list(stream)
     assert rec.name == "100" and rec.lead == "V5"
+
+
+def test_resolve_records_takes_a_single_string_as_one_item(data_dir):
+    from ecgkit.datasets import resolve_records
+
+    assert resolve_records("DS1", data_dir) == resolve_records(["DS1"], data_dir)
+    assert len(resolve_records("DS1", data_dir)) == 22  # not the characters 'D', 'S', '1'
+    assert resolve_records("100", data_dir) == [str(data_dir / "100")]

@@ -46,14 +46,13 @@ def annotate(paths, model_ref: str = "transnet", segmenter: str = "pan-tompkins"
         task = bar.add_task("annotating", total=len(records))
         for rec in records:
             peaks, symbols, _ = annotate_record(model, spec, rec, detector)
-            done.append((rec, peaks, symbols))
+            done.append((rec.name, rec.fs, rec.duration_s, peaks, symbols))  # not the signal: memory stays flat
             bar.update(task, advance=1, description=f"annotating {rec.name}")
     out = []
-    for rec, peaks, symbols in done:  # every record annotated: now write (an error above leaves no file)
+    for name, fs, seconds, peaks, symbols in done:  # every record annotated: now write (an error above leaves no file)
         if peaks.size == 0:
-            warnings.warn(f"record {rec.name}: no beats detected; writing an empty annotation file", stacklevel=2)
-        f = write_annotations(Path(out_dir), rec.name, ext, peaks, symbols, rec.fs)
+            warnings.warn(f"record {name}: no beats detected; writing an empty annotation file", stacklevel=2)
+        f = write_annotations(Path(out_dir), name, ext, peaks, symbols, fs)
         counts = {c: symbols.count(c) for c in spec["classes"]}
-        out.append({"record": rec.name, "file": str(f), "beats": int(peaks.size), "seconds": rec.duration_s,
-                    **counts})
+        out.append({"record": name, "file": str(f), "beats": int(peaks.size), "seconds": seconds, **counts})
     return out

@@ -17,11 +17,6 @@ from .datasets import resolve_records
 from .io import atomic_write
 
 
-def _test_records(cfg: RunConfig):
-    t = cfg.data.test
-    return [t] if isinstance(t, str) else list(t)
-
-
 def stage_segment(cfg: RunConfig, run_dir: Path, data, log) -> dict:
     """Detect beats of the test records with each non-reference segmenter; score Se/+P (150 ms)."""
     from wfdb import processing
@@ -35,9 +30,9 @@ def stage_segment(cfg: RunConfig, run_dir: Path, data, log) -> dict:
     for seg in [s for s in cfg.evaluate.segmenters if s != "reference"]:
         seg_dir = run_dir / "segment" / seg
         t0 = time.time()
-        segment_records(iter_records(_test_records(cfg), data, cfg.data.lead), seg, seg_dir)
+        segment_records(iter_records(cfg.data.test, data, cfg.data.lead), seg, seg_dir)
         tp = fp = fn = 0
-        for path in resolve_records(_test_records(cfg), data):
+        for path in resolve_records(cfg.data.test, data):
             rec = read_record(path, cfg.data.lead)
             ref, sym = read_annotations(rec.path)
             ref = ref[[s in BEAT_SYMBOLS for s in sym]]
@@ -59,12 +54,11 @@ def preflight(cfg: RunConfig, data=None) -> None:
         params.setdefault("seq_len", cfg.train.seq_len)
         create("encoders", cfg.model.name, **params)  # names and parameter types, as train() will build it
         get("segmenters", cfg.data.segmenter)
-        train = cfg.data.train
-        iter_records([train] if isinstance(train, str) else list(train), data, cfg.data.lead)
+        iter_records(cfg.data.train, data, cfg.data.lead)
     for seg in cfg.evaluate.segmenters:
         get("segmenters", seg)
     if {"segment", "evaluate", "explain"} & set(cfg.stages):
-        iter_records(_test_records(cfg), data, cfg.data.lead)
+        iter_records(cfg.data.test, data, cfg.data.lead)
 
 
 def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
@@ -110,7 +104,7 @@ def run_pipeline(cfg: RunConfig, data=None, log=print) -> Path:
         for seg in cfg.evaluate.segmenters:
             t0 = time.time()
             split = cfg.data.test
-            rep = evaluate(model_ref, _test_records(cfg), data, seg,
+            rep = evaluate(model_ref, cfg.data.test, data, seg,
                            cfg.data.lead, run_dir / "evaluate" / seg)
             timings[f"evaluate ({seg})"] = time.time() - t0
             sections += [f"## Evaluation on {split}, segmenter `{seg}`", "", markdown(rep), ""]

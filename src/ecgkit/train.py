@@ -324,7 +324,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     margin = min(tc.augment.shift_samples, MARGIN_MAX)
 
     data_root = data_dir or cfg.data.data
-    train_paths = resolve_records([cfg.data.train] if isinstance(cfg.data.train, str) else cfg.data.train, data_root)
+    train_paths = resolve_records(cfg.data.train, data_root)
     val_set = set(cfg.data.val)
     fit_paths = [p for p in train_paths if Path(p).name not in val_set]
     val_paths = [p for p in train_paths if Path(p).name in val_set]

@@ -10,13 +10,14 @@ def resolve_records(records, data=None) -> list[str]:
     """Record paths (without extension) for names, paths or split names.
 
     ``records`` items may be record names in the data directory (``100``), split names
-    (``DS1``, ``DS2``, ``all``) or paths to records anywhere. ``None`` means ``all``.
+    (``DS1``, ``DS2``, ``all``) or paths to records anywhere; a single string is one item.
+    ``None`` means ``all``.
     """
     from pathlib import Path
 
     from .mitdb import SPLITS
 
-    items = list(records) if records else ["all"]
+    items = ([records] if isinstance(records, str) else list(records)) if records else ["all"]
     out: list[str] = []
     base = None
     for item in items:
