@@ -40,17 +40,28 @@ def _plain(x):
     return x
 
 
-def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temp file, then rename)."""
+def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None,
+                    dtype: str = "float32") -> Path:
+    """Write a checkpoint atomically (temp file, then rename).
+
+    ``dtype="float16"`` stores floating-point weights at half precision (half the file; loading
+    casts them back to the model's float32 parameters).
+    """
     from .io import atomic_write
 
+    if dtype not in ("float32", "float16"):
+        raise CheckpointError(f"checkpoint dtype must be float32 or float16, got {dtype!r}")
     module = getattr(model, "module", model)  # unwrap DDP
+    state = module.state_dict()
+    if dtype == "float16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": FORMAT,
         "encoder": encoder,
         "params": _plain(params),
         "input_spec": _plain(input_spec(module)),
-        "state_dict": module.state_dict(),
+        "state_dict": state,
+        "weights_dtype": dtype,
         "ecgkit_version": __version__,
         **{k: (v if k == "optimizer" else _plain(v)) for k, v in (extra or {}).items()},
     }

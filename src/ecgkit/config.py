@@ -70,6 +70,8 @@ class TrainConfig:
     class_weight_cap: float = 10.0
     select_metric: str = "jk"           # validation metric for picking the best epoch
     threads: int = 2                    # torch CPU threads per process
+    ensemble: int = 1                   # members trained with seeds seed, seed+1, ...; log-probabilities averaged
+    weights_dtype: str = "float32"      # "float16" stores best.pt at half precision (half the size)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -191,13 +193,15 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     t = cfg.train
-    for name in ("epochs", "steps_per_epoch", "batch_size", "seq_len", "threads"):
+    for name in ("epochs", "steps_per_epoch", "batch_size", "seq_len", "threads", "ensemble"):
         if getattr(t, name) < 1:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     if t.loss not in ("ce", "focal"):
         raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
+    if t.weights_dtype not in ("float32", "float16"):
+        raise ConfigError(f"config key 'train.weights_dtype' must be 'float32' or 'float16', got {t.weights_dtype!r}")
     if t.select_metric not in ("jk", "accuracy", "macro_f1"):
         raise ConfigError("config key 'train.select_metric' must be one of jk, accuracy, macro_f1")
     unknown = set(cfg.stages) - {"segment", "train", "quantize", "evaluate", "explain"}

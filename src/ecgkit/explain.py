@@ -205,6 +205,9 @@ def gradcam(model, layer: str | None = None, relu: bool = False):
     """Grad-CAM (captum LayerGradCam) on the beat tokenizer's last convolutional stage, upsampled to the window."""
     from captum.attr import LayerAttribution, LayerGradCam
 
+    members = getattr(model, "members", None)
+    if members is not None and getattr(model, "tokenizer", None) is None and not layer:
+        return _ensemble_gradcam(model, relu)
     find_last_conv(model, layer)  # fail early, with a clear message, on an encoder without one
     state: dict = {}
 
@@ -227,6 +230,23 @@ def gradcam(model, layer: str | None = None, relu: bool = False):
         return np.repeat(up[0].detach().cpu().numpy(), C, axis=0).astype(np.float32)  # (C, S)
 
     explain.layer_name = layer
+    return explain
+
+
+def _ensemble_gradcam(model, relu: bool):
+    """Grad-CAM of an ensemble (``model.members``): the mean of its members' maps for the same target.
+
+    Each member's map is computed on that member alone (its own last convolutional stage and
+    its own logits), so one member's scale does not depend on the others' log-probabilities.
+    """
+    parts = [gradcam(m, None, relu) for m in model.members]
+
+    def explain(windows, rr, beat_index, target):
+        maps = [p(windows, rr, beat_index, target) for p in parts]
+        explain.layer_name = f"members.*.{parts[0].layer_name}"
+        return np.mean(maps, axis=0).astype(np.float32)
+
+    explain.layer_name = None
     return explain
 
 

@@ -6,11 +6,28 @@ Returns ``(model, input_spec, info)`` where ``model(windows, rr)`` gives logits.
   registered encoder;
 * an ecgkit ONNX file (``ecgkit quantize`` int8, or ``ecgkit export`` fp32) is data, not code: it is
   run by onnxruntime (optional extra ``ecgkit[onnx]``) and carries its input contract in its metadata.
+
+Also registers core's one encoder, ``ensemble`` (:mod:`ecgkit.ensemble`), through the same hook
+plugins use.
 """
 
 from __future__ import annotations
 
+import ecgkit
+
 from .checkpoint import load_model, resolve_model_path
+
+
+def _ensemble(members: list):
+    """Seed ensemble: the members' per-beat log-probabilities averaged (see :mod:`ecgkit.ensemble`)."""
+    from .ensemble import ensemble
+
+    return ensemble(members)
+
+
+@ecgkit.hookimpl
+def register_encoders():
+    return {"ensemble": _ensemble}
 
 
 def load_any_model(ref: str):

@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "ecgkit.preprocess",
     "ecgkit.segment",
     "ecgkit.explain",
+    "ecgkit.models",
 )
 
 

@@ -113,7 +113,8 @@ def to_onnx(model, spec: dict):
 
     require("onnx", "onnxscript")
     windows, rr = _example_inputs(spec)
-    max_len = getattr(getattr(model, "cfg", None), "max_len", None)
+    lens = [m.cfg.max_len for m in model.modules() if isinstance(getattr(getattr(m, "cfg", None), "max_len", None), int)]
+    max_len = min(lens) if lens else None  # an ensemble: its shortest member's positional table
     B = torch.export.Dim("batch")
     T = torch.export.Dim("beats", max=max_len) if max_len else torch.export.Dim("beats")
     table = {torch.ops.aten.nanmedian.dim: _median_dim, torch.ops.aten.median.dim: _median_dim}

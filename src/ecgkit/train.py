@@ -310,6 +310,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     ``data.val: []`` (a final fit on all training patients, once the recipe and epoch
     count were chosen on validation patients) ``best.pt`` is the last epoch.
     """
+    if cfg.train.ensemble > 1:
+        return train_ensemble(cfg, run_dir, resume, data_dir, log, show_progress)
     rank, world = _dist()
     run_dir = Path(run_dir or cfg.run_dir)
     tc = cfg.train
@@ -426,13 +428,55 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 best = max(best, score)
                 extra = {**extra_common, "epoch": epoch + 1, "history": json.dumps(history), "best_score": best}
                 if is_best:
-                    save_checkpoint(best_path, model, encoder=cfg.model.name, params=params, extra=extra)
+                    save_checkpoint(best_path, model, encoder=cfg.model.name, params=params, extra=extra,
+                                    dtype=tc.weights_dtype)
                 save_checkpoint(last_path, model, encoder=cfg.model.name, params=params,
                                 extra={**extra, "optimizer": opt.state_dict()})
                 _write_history(run_dir, history)
                 log(_epoch_line(entry) + (" *" if is_best else ""))
             if world > 1:
                 torch.distributed.barrier()
+    if world > 1:
+        torch.distributed.barrier()
+    return best_path
+
+
+def train_ensemble(cfg: RunConfig, run_dir=None, resume: bool = False, data_dir=None, log=print,
+                   show_progress: bool = True) -> Path:
+    """``train.ensemble: N``: train N members (seeds ``seed .. seed+N-1``, each in ``memberK/``), then
+    write ``best.pt``, one checkpoint of encoder ``ensemble`` holding the members' best epochs.
+
+    Member K is exactly the model ``train`` gives for the same config with seed ``seed+K-1``.
+    """
+    import copy
+
+    from .checkpoint import load_model
+    from .ensemble import Ensemble
+
+    rank, world = _dist()
+    run_dir = Path(run_dir or cfg.run_dir)
+    n = cfg.train.ensemble
+    paths = []
+    for i in range(n):
+        c = copy.deepcopy(cfg)
+        c.seed, c.train.ensemble, c.train.weights_dtype = cfg.seed + i, 1, "float32"
+        mdir = run_dir / f"member{i + 1}"
+        log(f"ensemble member {i + 1}/{n} (seed {c.seed})")
+        paths.append(train(c, mdir, resume=resume and (mdir / "last.pt").is_file(), data_dir=data_dir,
+                           log=log, show_progress=show_progress))
+    best_path = run_dir / "best.pt"
+    if rank == 0:
+        loaded = [load_model(str(p)) for p in paths]
+        model = Ensemble([m for m, _ in loaded])
+        cks = [ck for _, ck in loaded]
+        params = {"members": [{"encoder": ck["encoder"], "params": ck["params"]} for ck in cks]}
+        extra = {"config": json.dumps(asdict(cfg)), "seed": cfg.seed, "member_seeds": [ck["seed"] for ck in cks],
+                 "epoch": [ck["epoch"] for ck in cks], "licence": "MIT (weights trained on MIT-BIH, ODC-By 1.0)"}
+        save_checkpoint(best_path, model, encoder="ensemble", params=params, extra=extra,
+                        dtype=cfg.train.weights_dtype)
+        history = [{**h, "member": i + 1} for i, ck in enumerate(cks) for h in json.loads(ck["history"])]
+        _write_history(run_dir, history)
+        log(f"ensemble of {n} written to {best_path}")
     if world > 1:
         torch.distributed.barrier()
     return best_path
@@ -456,14 +500,18 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot(ep, [h["loss"] for h in history], marker="o")
+    for member in sorted({h.get("member", 0) for h in history}):  # an ensemble: one curve per member
+        hs = [h for h in history if h.get("member", 0) == member]
+        ep, tag = [h["epoch"] for h in hs], (f"member {member} " if member else "")
+        ax[0].plot(ep, [h["loss"] for h in hs], marker="o", label=tag.strip() or None)
+        if "val_jk" in hs[0]:
+            for key, lab in (("val_jk", "jk"), ("val_S_F1", "SVEB F1"), ("val_V_F1", "VEB F1"), ("val_accuracy", "accuracy")):
+                ax[1].plot(ep, [h[key] for h in hs], marker="o", label=tag + lab)
+            ax[1].legend(fontsize=7)
+    if any("member" in h for h in history):
+        ax[0].legend(fontsize=7)
     ax[0].set(xlabel="epoch", ylabel="training loss", title="loss")
-    if "val_jk" in history[0]:
-        for key, lab in (("val_jk", "jk"), ("val_S_F1", "SVEB F1"), ("val_V_F1", "VEB F1"), ("val_accuracy", "accuracy")):
-            ax[1].plot(ep, [h[key] for h in history], marker="o", label=lab)
-        ax[1].legend()
     ax[1].set(xlabel="epoch", title="validation patients (held out of DS1)")
     fig.tight_layout()
     atomic_write(run_dir / "training_curve.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
