@@ -122,3 +122,31 @@ def test_fibrillatory_p_removes_the_p_wave_only(data_dir):
     # beats get an oscillation (f-waves) that differs from beat to beat
     resid = W2[0, :, a:b] - med2[0, a:b]
     assert resid.std(1).min() > 0.01 and not torch.allclose(resid[0], resid[1], atol=1e-3)
+
+
+def test_ventricular_shape_changes_only_v_beats(data_dir):
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.train import ventricular_shape
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "119"))  # ventricular bigeminy: V beats among N beats
+    s, sym = read_annotations(rec.path, "atr")
+    samples, labels = reference_beats(s, sym)
+    d = prepare_record(rec, samples, spec, margin=4)
+    y = torch.from_numpy(labels.astype(np.int64))
+    start = max(0, int(np.flatnonzero(labels == 2)[0]) - 5)
+    W = torch.from_numpy(d["W"][None, start:start + 64].copy()).repeat(16, 1, 1)  # (16, 64, L)
+    yy = y[None, start:start + 64].repeat(16, 1)
+    assert (yy == 2).any() and (yy == 0).any()
+    W2 = ventricular_shape(W, yy, torch.Generator().manual_seed(0), 0.5, 68)
+    changed = (W2 != W).any(-1)                                  # (16, 64) beats whose window changed
+    assert not changed[yy != 2].any()                             # N beats untouched
+    seqs = changed.any(1)
+    assert 0 < int(seqs.sum()) < 16                               # about half the sequences
+    for b in seqs.nonzero()[:, 0].tolist():                       # in those, every V beat changed
+        assert changed[b][yy[b] == 2].all()
+    inverted = [b for b in seqs.nonzero()[:, 0].tolist()
+                if float((W2[b, yy[b] == 2, 68] * W[b, yy[b] == 2, 68]).mean()) < 0]
+    assert inverted and len(inverted) < int(seqs.sum())          # polarity flipped in some, not all
+    assert torch.equal(ventricular_shape(W, yy, torch.Generator().manual_seed(0), 0.0, 68), W)

@@ -52,6 +52,7 @@ class AugmentConfig:
     synthetic_af: float = 0.0       # prob. per S-free sequence of an irregular (AF-like) RR series, labels kept
     af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
+    ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
 
 
 @dataclass

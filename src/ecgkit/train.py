@@ -262,6 +262,31 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
     return rr, y, sel
 
 
+def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class: int = 2):
+    """Unfamiliar ventricular morphologies: per sequence, with probability ``p``, its V beats are
+    inverted (about their window's edge baseline) and widened around R by ``U(1.0, 1.35)``.
+
+    DS1 holds the V shapes of a few patients; a patient whose V beats look like none of them
+    has them called S when they are premature (cross-validation on DS1: records 106 and 215).
+    What carries across patients is that a V beat differs from the patient's own dominant beat
+    (a wide QRS of either polarity), not any particular shape. Labels are untouched.
+    """
+    B = W.shape[0]
+    sel = (torch.rand(B, generator=g) < p) & (y == v_class).any(1)
+    if not sel.any():
+        return W
+    W = W.clone()
+    for b in sel.nonzero()[:, 0].tolist():
+        v = (y[b] == v_class).nonzero()[:, 0]
+        x = W[b, v]                                                           # (nV, L)
+        base = 0.5 * (x[:, :8].mean(1, keepdim=True) + x[:, -8:].mean(1, keepdim=True))
+        if float(torch.rand(1, generator=g)) < 0.5:
+            x = 2 * base - x
+        f = 1.0 + 0.35 * torch.rand(1, 1, generator=g)
+        W[b, v] = _warp(x, f.expand(len(v), 1), r_index)
+    return W
+
+
 # --- evaluation during training --------------------------------------------------------------
 
 def evaluate_beats(model, data: dict, spec: dict, seq_len: int) -> dict:
@@ -392,6 +417,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                     keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
                 if tc.augment.synthetic_s > 0:
                     rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
+                if tc.augment.ventricular_shape > 0:
+                    W = ventricular_shape(W, y, g, tc.augment.ventricular_shape, margin + spec["before_samples"],
+                                          list(spec["classes"]).index("V"))
                 W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
