@@ -15,8 +15,10 @@ import torch
 from click.testing import CliRunner
 
 from ecgkit import explain as ex
+from ecgkit import inference
 from ecgkit.checkpoint import save_checkpoint
 from ecgkit.cli import cli
+from ecgkit.datasets.mitdb import AAMI_MAP, BEAT_SYMBOLS
 from ecgkit.errors import EcgkitError
 from ecgkit.registry import create, list_components
 
@@ -49,20 +51,32 @@ def checkpoint(model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def beats(model, data_dir):
+def records(model, data_dir):
+    """Records 100 and 119 as the model sees them (:class:`ecgkit.explain.RecordBeats`)."""
+    return {name: ex.load_record_beats(name, model.input_spec, data_dir) for name in ("100", "119")}
+
+
+@pytest.fixture(scope="module")
+def beats(model, records):
     """A normal beat of record 100 and a ventricular beat of record 119, as model sequences."""
-    spec = model.input_spec
     out = {}
     for name, cls in (("100", "N"), ("119", "V")):
-        rb = ex.load_record_beats(name, spec, data_dir)
-        k = list(spec["classes"]).index(cls)
-        beat = int(np.flatnonzero(rb.labels == k)[3])
+        rb = records[name]
+        beat = int(np.flatnonzero(rb.labels == list(model.input_spec["classes"]).index(cls))[3])
         out[cls] = rb.sequence(beat)
     return out
 
 
 def run(invoke_args, data_dir):
     return CliRunner().invoke(cli, [str(a) for a in invoke_args], env={"ECGKIT_DATA": str(data_dir)})
+
+
+def reference_classes(record_path) -> list[str]:
+    """AAMI class of each beat the ``reference`` segmenter finds, straight from the ``.atr`` (wfdb)."""
+    import wfdb
+
+    ann = wfdb.rdann(str(record_path), "atr")
+    return [AAMI_MAP.get(s, "?") for s in ann.symbol if s in BEAT_SYMBOLS]
 
 
 def test_explainers_are_registered():
@@ -73,15 +87,24 @@ def test_explainers_are_registered():
 def test_attributions_on_real_beats(method, model, beats, data_dir):
     explain = create("explainers", method, model=model, **({"data": str(data_dir)} if method == "shap" else {}),
                      **FAST[method])
+    classes = list(model.input_spec["classes"])
     attrs = {}
     for cls, (windows, rr, bi, _) in beats.items():
-        a = explain(windows, rr, bi, list(model.input_spec["classes"]).index("V"))
+        a = explain(windows, rr, bi, classes.index("V"))
         assert isinstance(a, np.ndarray)
         assert a.shape == tuple(windows[0, bi].shape) == (2, 144)
         assert np.isfinite(a).all()
         assert np.abs(a).max() > 0
         attrs[cls] = a
     assert not np.allclose(attrs["N"], attrs["V"])
+    # the target picks the explained logit: the same beat explained for N is another attribution
+    windows, rr, bi, _ = beats["V"]
+    to_n = explain(windows, rr, bi, classes.index("N"))
+    assert np.isfinite(to_n).all() and np.abs(to_n).max() > 0
+    assert not np.allclose(to_n, attrs["V"], rtol=1e-3, atol=1e-3 * np.abs(attrs["V"]).max())
+    # ... and asking for the same target again gives the same attribution (what differs is the target)
+    np.testing.assert_allclose(explain(windows, rr, bi, classes.index("V")), attrs["V"], rtol=1e-4,
+                               atol=1e-6 * np.abs(attrs["V"]).max())
 
 
 class Smooth(torch.nn.Module):
@@ -95,6 +118,29 @@ class Smooth(torch.nn.Module):
     def forward(self, windows, rr, pad_mask=None):
         h = torch.tanh(self.lin(windows.flatten(2)))               # (B, T, 5)
         return h + 0.5 * h.mean(1, keepdim=True) + torch.log(rr[..., :1] / rr[..., 2:3])
+
+
+class Linear(torch.nn.Module):
+    """A linear toy encoder with a known answer: the logit of beat t for class c is
+    ``(c + 1) * (own * <a, window t> + neighbour * <a, window t-1> + rr * <r, rr t>)``.
+
+    Integrated gradients and expected gradients of a linear function are exact:
+    ``coefficient * (input - baseline)``.
+    """
+
+    def __init__(self, own=0.0, neighbour=0.0, rr=0.0, input_spec=None):
+        super().__init__()
+        g = torch.Generator().manual_seed(2)
+        self.a = torch.randn(2, 144, generator=g)
+        self.r = torch.tensor([-1.0, 0.5, 2.0, 0.0])  # pre-RR, post-RR, local mean RR, record mean RR
+        self.own, self.neighbour, self.rr = own, neighbour, rr
+        if input_spec is not None:
+            self.input_spec = input_spec
+
+    def forward(self, windows, rr, pad_mask=None):
+        s = (self.own * (windows * self.a).sum((2, 3)) + self.neighbour * (windows.roll(1, 1) * self.a).sum((2, 3))
+             + self.rr * (rr * self.r).sum(-1))
+        return s[..., None] * torch.arange(1.0, 6.0)
 
 
 def test_ig_completeness_and_target_plumbing(beats):
@@ -150,6 +196,118 @@ def test_rhythm_context_fractions(model, beats):
     assert len(ctx["per_beat"]) == windows.shape[1]
 
 
+@pytest.mark.parametrize("source, share", [("rr", "rr_features"), ("own", "own_window"),
+                                           ("neighbour", "neighbour_windows")])
+def test_rhythm_context_finds_the_only_input_the_logit_depends_on(source, share, beats):
+    windows, rr, bi, _ = beats["V"]  # a premature beat: its RR differs from the regular-rhythm baseline
+    ctx = ex.rhythm_context(Linear(**{source: 1.0}), windows, rr, bi, 2, n_steps=8)
+    assert ctx[share] == pytest.approx(1.0, abs=1e-6)
+    source_beat = bi - 1 if source == "neighbour" else bi
+    assert ctx["per_beat"][source_beat] == pytest.approx(1.0, abs=1e-6)
+    if source == "rr":
+        assert ctx["rr_own"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("baseline", ["auto", "median", "zero"])
+def test_rhythm_context_shares_of_a_linear_model(baseline, beats):
+    """Exact shares on a model that uses all three sources, with the median and the flat baseline."""
+    windows, rr, bi, _ = beats["V"]
+    m = Linear(own=1.0, neighbour=0.5, rr=3.0, input_spec={"channels": ["beat", "beat_minus_record_median"]})
+    base = torch.zeros_like(windows)
+    if baseline != "zero":  # the record's median beat: beat - (beat - median), and beat - median = 0
+        base[:, :, 0] = windows[:, :, 0] - windows[:, :, 1]
+    own = float((m.a * (windows[0, bi] - base[0, bi])).abs().sum())
+    neighbour = 0.5 * float((m.a * (windows[0, bi - 1] - base[0, bi - 1])).abs().sum())
+    rr_part = 3.0 * float((m.r * (rr[0, bi] - rr[0, bi, 3])).abs().sum())
+    total = own + neighbour + rr_part
+    ctx = ex.rhythm_context(m, windows, rr, bi, 2, n_steps=8, baseline=baseline)
+    assert ctx["baseline"] == ("zero" if baseline == "zero" else "median")
+    assert ctx["own_window"] == pytest.approx(own / total, rel=1e-4)
+    assert ctx["neighbour_windows"] == pytest.approx(neighbour / total, rel=1e-4)
+    assert ctx["rr_features"] == pytest.approx(rr_part / total, rel=1e-4)
+    assert abs(ctx["convergence_delta"]) < 1e-3 * abs(ctx["logit_minus_baseline"])
+
+
+def test_rhythm_context_baseline_errors(beats):
+    windows, rr, bi, _ = beats["V"]
+    with pytest.raises(EcgkitError, match="baseline must be 'auto', 'median' or 'zero'"):
+        ex.rhythm_context(Linear(own=1.0), windows, rr, bi, 2, n_steps=4, baseline="mean")
+    with pytest.raises(EcgkitError, match="median baseline needs the channels"):
+        ex.rhythm_context(Linear(own=1.0), windows, rr, bi, 2, n_steps=4, baseline="median")  # no input_spec
+
+
+def test_ig_internal_batch_size_gives_the_same_attribution(model, beats):
+    windows, rr, bi, _ = beats["V"]
+    whole = create("explainers", "ig", model=model, n_steps=8)(windows, rr, bi, 2)
+    chunked = create("explainers", "ig", model=model, n_steps=8, internal_batch_size=3)(windows, rr, bi, 2)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-4, atol=1e-6 * np.abs(whole).max())
+
+
+def test_shap_with_an_explicit_background(beats):
+    """Expected gradients of a linear model with one background sequence: coefficient * (input - background)."""
+    windows, rr, bi, _ = beats["V"]
+    m = Linear(own=1.0, neighbour=0.5, rr=1.0)  # no input_spec: the background must be given
+    bg_w, bg_rr = 0.3 * torch.randn(1, windows.shape[1] + 2, 2, 144), torch.ones(1, windows.shape[1] + 2, 4)
+    explain = create("explainers", "shap", model=m, background=(bg_w.numpy(), bg_rr.numpy()), nsamples=8)
+    for target in (0, 3):
+        a = explain(windows, rr, bi, target)
+        expected = (target + 1) * m.a * (windows[0, bi] - bg_w[0, bi])
+        np.testing.assert_allclose(a, expected.numpy(), rtol=1e-4, atol=1e-5)
+    with pytest.raises(EcgkitError, match="has no input_spec"):
+        create("explainers", "shap", model=m, nsamples=8)(windows, rr, bi, 0)
+    short = create("explainers", "shap", model=m, background=(bg_w[:, :3], bg_rr[:, :3]), nsamples=8)
+    with pytest.raises(EcgkitError, match="background sequences hold 3 beats"):
+        short(windows, rr, bi, 0)
+
+
+def test_record_beats_filter_the_signal_once(model, data_dir, monkeypatch):
+    """The model input is prepare_record's, and the signal drawn in the figures is filtered only once."""
+    calls = []
+    real = inference.model_signal
+    with monkeypatch.context() as m:
+        m.setattr(inference, "model_signal", lambda rec, spec: calls.append(rec.name) or real(rec, spec))
+        rb = ex.load_record_beats("100", model.input_spec, data_dir)
+    assert calls == ["100"]
+    ref = inference.prepare_record(rb.record, rb.peaks, rb.spec)
+    assert set(rb.prep) == set(ref)
+    for key in ref:
+        assert rb.prep[key].dtype == ref[key].dtype
+        np.testing.assert_array_equal(rb.prep[key], ref[key])
+    np.testing.assert_array_equal(rb.signal, inference.model_signal(rb.record, rb.spec))
+
+
+def test_reference_labels_are_load_record_beats_labels(records, data_dir, mitdb_record):
+    from ecgkit.io import read_record
+    from ecgkit.segment import labelled_peaks
+
+    for name, rb in records.items():
+        np.testing.assert_array_equal(ex._reference_labels(str(data_dir / name)), rb.labels)
+    # an unclassifiable beat ('?') takes the class of an AAMI beat within 0.15 s, else -1; a rhythm
+    # annotation is no beat; a beat past the end of the signal is dropped
+    import wfdb
+
+    path = mitdb_record("100")
+    (path.parent / "100.atr").unlink()
+    wfdb.wrann("100", "atr", np.array([100, 150, 1000, 2000, 5000, 700000]), symbol=["N", "?", "?", "V", "+", "N"],
+               aux_note=["", "", "", "", "(N", ""], fs=360, write_dir=str(path.parent))
+    labels = ex._reference_labels(str(path))
+    np.testing.assert_array_equal(labels, [0, 0, -1, 2])
+    np.testing.assert_array_equal(labels, labelled_peaks(read_record(path), create("segmenters", "reference"))[1])
+
+
+def test_plot_beat_shows_n_neighbours(model, records, monkeypatch, tmp_path):
+    rb = records["119"]
+    figs = []
+    monkeypatch.setattr(ex, "_save_fig", lambda fig, path: figs.append(fig) or path)
+    e = ex._explain_one(model, rb, 10, "zeros", lambda w, rr, bi, t: np.zeros(w.shape[2:], np.float32),
+                        context=False)
+    for n in (1, 3):
+        ex.plot_beat(e, rb, tmp_path / "beat.png", n_neighbours=n)
+    markers = [[t.get_text().split("\n")[0] for t in f.axes[0].texts if t.get_text().startswith("#")] for f in figs]
+    assert markers == [["#9", "#10", "#11"], [f"#{j}" for j in range(7, 14)]]
+    ex._plt().close("all")
+
+
 def test_parse_sample_id():
     assert ex.parse_sample_id("100_beat_5") == ("100", 5)
     assert ex.parse_sample_id("data/mitdb/208_beat_12") == ("data/mitdb/208", 12)
@@ -172,6 +330,25 @@ def test_cli_writes_png_npy_and_json(checkpoint, data_dir, tmp_path):
     ctx = info["context"]
     assert ctx["own_window"] + ctx["neighbour_windows"] + ctx["rr_features"] == pytest.approx(1.0)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # atomic writes leave no temp files
+
+
+def test_cli_target(checkpoint, data_dir, tmp_path):
+    """--target explains another class than the predicted one: recorded in the JSON, another attribution."""
+    args = ["explain", "--model", checkpoint, "--record", "119", "--beat", "10", "--method", "gradcam"]
+    r = run([*args, "--out", tmp_path / "default"], data_dir)
+    assert r.exit_code == 0, r.output
+    default = json.loads((tmp_path / "default" / "119_beat_10_gradcam.json").read_text())
+    assert default["target"] == default["predicted"]
+    target = next(c for c in ("V", "N") if c != default["predicted"])
+    r = run([*args, "--target", target.lower(), "--out", tmp_path / "target"], data_dir)
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "target" / "119_beat_10_gradcam.json").read_text())
+    assert info["target"] == target != info["predicted"] == default["predicted"]
+    assert info["probabilities"] == pytest.approx(default["probabilities"])
+    a, a0 = (np.load(tmp_path / d / "119_beat_10_gradcam.npy") for d in ("target", "default"))
+    assert not np.allclose(a, a0, rtol=1e-3, atol=1e-3 * np.abs(a0).max())
+    r = run([*args, "--target", "X", "--out", tmp_path / "bad"], data_dir)
+    assert r.exit_code != 0 and "unknown class 'X'" in r.stderr
 
 
 def test_cli_sample_id(checkpoint, data_dir, tmp_path):
@@ -218,3 +395,21 @@ def test_class_average(checkpoint, data_dir, tmp_path):
     info = json.loads((tmp_path / "class_V_gradcam.json").read_text())
     assert info["n"] == 2 and info["records"] == ["119"]
     assert (tmp_path / "class_V_gradcam.png").stat().st_size > 1000
+    # the averaged beats are V beats of the reference annotations, two different ones
+    classes = reference_classes(data_dir / "119")
+    beats = [ex.parse_sample_id(b) for b in info["beats"]]
+    assert len(set(beats)) == 2 and all(rec == "119" and classes[i] == "V" for rec, i in beats)
+
+
+def test_class_average_prepares_only_the_records_it_draws_from(checkpoint, data_dir, tmp_path, monkeypatch):
+    """Labels come from the annotations; only records holding a drawn beat are read and prepared."""
+    loaded = []
+    real = ex.load_record_beats
+    monkeypatch.setattr(ex, "load_record_beats", lambda p, *a, **k: loaded.append(p) or real(p, *a, **k))
+    ex.class_average(str(checkpoint), "v", 3, "gradcam", tmp_path, data=data_dir, records=["100", "101", "119"],
+                     context=False)
+    info = json.loads((tmp_path / "class_V_gradcam.json").read_text())
+    assert info["n"] == 3 and info["target"] == "V"
+    assert sorted(str(p).rsplit("/", 1)[-1] for p in loaded) == info["records"]  # each once; never 101 (no V)
+    for rec, i in map(ex.parse_sample_id, info["beats"]):
+        assert reference_classes(data_dir / rec)[i] == "V"

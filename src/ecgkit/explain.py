@@ -32,6 +32,7 @@ the per-sample attributions (``.npy``) and a small JSON summary; ``ecgkit run`` 
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from contextlib import contextmanager
@@ -254,6 +255,8 @@ def integrated_gradients(model, n_steps: int = IG_STEPS, internal_batch_size: in
                          baseline: str = "zero"):
     """Integrated gradients (captum) of the beat's own window, all-zero (z-scored baseline) reference.
 
+    ``n_steps`` integration steps, evaluated ``internal_batch_size`` at a time (default: all
+    in one model call; smaller bounds the memory, the attribution is the same).
     ``baseline="median"``: the record's median beat instead (what is unusual about this beat
     for this patient; needs the channels ``beat`` and ``beat_minus_record_median``). Note that
     a model with scale-free features of the window (correlations) changes abruptly very near
@@ -320,7 +323,6 @@ def ds1_background(spec: dict, T: int, n: int = 16, data=None, records=None, see
     """
     torch = _torch()
     from .datasets.mitdb import DS1, DS2
-    from .inference import make_channels
 
     rng = np.random.default_rng(seed)
     if records is None:
@@ -331,7 +333,6 @@ def ds1_background(spec: dict, T: int, n: int = 16, data=None, records=None, see
         raise EcgkitError(f"shap background must come from training records (DS1), not the test split: "
                           f"{', '.join(leak or ['all'])}")
     preps = _background_preps(spec, data, records, lead)
-    S = spec["before_samples"] + spec["after_samples"]
     ws, rs = [], []
     for i in range(n):
         p = preps[i % len(preps)]
@@ -339,22 +340,33 @@ def ds1_background(spec: dict, T: int, n: int = 16, data=None, records=None, see
         t = min(T, m)
         st = int(rng.integers(0, m - t + 1))
         rows = np.arange(st, st + T) % m if m < T else np.arange(st, st + T)
-        W = torch.from_numpy(p["W"][rows])[None]
-        ws.append(make_channels(W, torch.from_numpy(p["med"])[None], spec["channels"], 0, S)[0])
-        rs.append(torch.from_numpy(p["rr"][rows]))
+        w, r = _model_input(p, spec, rows)
+        ws.append(w[0])
+        rs.append(r[0])
     return torch.stack(ws), torch.stack(rs)
 
 
 def gradient_shap(model, data=None, n_background: int = 16, background_records=None, nsamples: int = 64,
                   batch_size: int = 32, seed: int = 0, background=None, lead=None):
-    """SHAP expected gradients (shap GradientExplainer) over the sequence, background of DS1 sequences."""
+    """SHAP expected gradients (shap GradientExplainer) over the sequence, background of DS1 sequences.
+
+    The background is ``n_background`` sequences cut from ``background_records`` (default:
+    up to 4 DS1 records drawn with ``seed``; see :func:`ds1_background`), prepared from the model's
+    ``input_spec``; or ``background=(windows (N, T', C, S), rr (N, T', 4))`` given explicitly
+    (needed for a model without ``input_spec``), of which the first ``T`` beats are used for
+    a sequence of ``T`` beats. ``nsamples`` expected-gradient samples, ``batch_size`` per
+    model call.
+    """
     import shap
 
     state: dict = {}
 
     def background_for(T: int):
         if background is not None:
-            bw, brr = background
+            bw, brr = (_torch().as_tensor(b) for b in background)
+            if bw.dim() != 4 or brr.dim() != 3 or tuple(brr.shape[:2]) != tuple(bw.shape[:2]):
+                raise EcgkitError(f"shap: background must be (windows (N, T, C, S), rr (N, T, 4)); "
+                                  f"got {tuple(bw.shape)} and {tuple(brr.shape)}")
             if bw.shape[1] < T:
                 raise EcgkitError(f"shap: background sequences hold {bw.shape[1]} beats, need {T}")
             return bw[:, :T], brr[:, :T]
@@ -419,24 +431,28 @@ def rhythm_context(model, windows, rr, beat_index: int, target: int, n_steps: in
     """How much of beat ``beat_index``'s ``target`` logit comes from each input group.
 
     Integrated gradients over the whole sequence input (all windows and all RR features).
-    Baseline (``auto``): every window replaced by the record's median beat when the model's
-    channels allow it (``median``: "every beat looks like this patient's usual beat"),
-    else flat windows (``zero``); and a perfectly regular rhythm (every RR column = the
-    record's mean RR, so every RR ratio the model sees is 1). The median baseline also
-    keeps the path away from the all-zero window, where scale-free features (correlation
-    with the median beat) jump and integrated gradients converge poorly.
+    Baseline windows: ``median``, every window replaced by the record's median beat ("every
+    beat looks like this patient's usual beat"; needs the channels ``beat`` and
+    ``beat_minus_record_median``), or ``zero``, flat windows; ``auto`` (default) takes
+    ``median`` when the model's channels allow it, else ``zero``. Baseline RR features: a
+    perfectly regular rhythm (every RR column = the record's mean RR, so every RR ratio the
+    model sees is 1). The median baseline also keeps the path away from the all-zero
+    window, where scale-free features (correlation with the median beat) jump and
+    integrated gradients converge poorly.
     ``|attribution|`` is summed into the beat's own window, the neighbours' windows and
     the RR features (own + neighbours'); the fractions sum to 1.
     """
     torch = _torch()
     from captum.attr import IntegratedGradients
 
+    if baseline not in ("auto", "median", "zero"):
+        raise EcgkitError(f"rhythm context: baseline must be 'auto', 'median' or 'zero', got {baseline!r}")
     _check_inputs(windows, rr, beat_index)
     windows, rr = _on_model(model, windows, rr)
     model.eval()
     b = int(beat_index)
     f = _sequence_logit(model, b, target)
-    base_w = _median_baseline(model, windows) if baseline in ("auto", "median") else None
+    base_w = _median_baseline(model, windows) if baseline != "zero" else None
     if base_w is None:
         if baseline == "median":
             raise EcgkitError("rhythm context: the median baseline needs the channels beat and "
@@ -479,6 +495,17 @@ def parse_sample_id(s: str):
     return m.group(1), int(m.group(2))
 
 
+def _model_input(prep: dict, spec: dict, rows):
+    """Model input ``(windows (1, T, C, S), rr (1, T, 4))`` of the beats ``rows`` of a prepared record."""
+    torch = _torch()
+    from .inference import make_channels
+
+    S = spec["before_samples"] + spec["after_samples"]
+    W = torch.from_numpy(prep["W"][rows])[None]
+    windows = make_channels(W, torch.from_numpy(prep["med"])[None], spec["channels"], 0, S)
+    return windows, torch.from_numpy(prep["rr"][rows])[None]
+
+
 @dataclass
 class RecordBeats:
     """One record's beats as the model sees them: positions, reference labels and model input."""
@@ -488,41 +515,34 @@ class RecordBeats:
     labels: np.ndarray   # AAMI class index from the reference annotations, -1 if unknown
     prep: dict           # ecgkit.inference.prepare_record output
     spec: dict
+    signal: np.ndarray   # the record's lead as the model sees it (band-passed, resampled, z-scored)
 
     def __len__(self) -> int:
         return int(self.peaks.size)
-
-    def signal(self) -> np.ndarray:
-        """The record's lead as the model sees it (band-passed, resampled, z-scored); cached."""
-        from .inference import model_signal
-
-        if getattr(self, "_signal", None) is None:
-            self._signal = model_signal(self.record, self.spec)
-        return self._signal
 
     def sequence(self, beat: int, seq_len: int | None = None):
         """The model-length sequence around ``beat`` (centred, clipped at the record's edges).
 
         Returns ``(windows (1, T, C, S), rr (1, T, 4), beat_index, start)``.
         """
-        torch = _torch()
-        from .inference import make_channels
-
         n = len(self)
         T = min(int(seq_len or self.spec.get("seq_len", 64)), n)
         start = int(np.clip(beat - T // 2, 0, n - T))
-        rows = np.arange(start, start + T)
-        S = self.spec["before_samples"] + self.spec["after_samples"]
-        W = torch.from_numpy(self.prep["W"][rows])[None]
-        windows = make_channels(W, torch.from_numpy(self.prep["med"])[None], self.spec["channels"], 0, S)
-        rr = torch.from_numpy(self.prep["rr"][rows])[None]
+        windows, rr = _model_input(self.prep, self.spec, np.arange(start, start + T))
         return windows, rr, int(beat - start), start
+
+
+def _prepare(record, peaks: np.ndarray, spec: dict) -> tuple[np.ndarray, dict]:
+    """``(model signal, model input)`` of a record, band-passing, resampling and z-scoring it once."""
+    from .inference import model_signal, prepare_record
+
+    x = model_signal(record, spec)
+    return x, prepare_record(record, peaks, spec, signal=x)
 
 
 def load_record_beats(record, spec: dict, data=None, segmenter: str = "reference", lead=None) -> RecordBeats:
     """Read ``record`` (name in the data directory or path), find its beats, build the model input."""
     from .datasets import resolve_records
-    from .inference import prepare_record
     from .io import read_record
     from .registry import create
     from .segment import labelled_peaks
@@ -534,13 +554,34 @@ def load_record_beats(record, spec: dict, data=None, segmenter: str = "reference
     peaks, labels = labelled_peaks(rec, create("segmenters", segmenter))
     if peaks.size == 0:
         raise EcgkitError(f"record {rec.name}: no beats found (segmenter {segmenter!r}); nothing to explain")
-    return RecordBeats(rec, peaks, labels, prepare_record(rec, peaks, spec), spec)
+    signal, prep = _prepare(rec, peaks, spec)
+    return RecordBeats(rec, peaks, labels, prep, spec, signal)
+
+
+def _reference_labels(record) -> np.ndarray:
+    """AAMI class indices of a record's reference beats, read from its annotations only.
+
+    The same labels, beat for beat, as ``load_record_beats(record, ..., segmenter="reference")``
+    gives (:func:`ecgkit.segment.labelled_peaks` on the ``reference`` segmenter's peaks),
+    without reading or filtering the signal: for choosing beats by class across many records.
+    ``record`` is a record path (without extension).
+    """
+    from .datasets.mitdb import BEAT_SYMBOLS, reference_beats
+    from .io import read_annotations, read_header
+    from .segment import labelled_peaks, match_labels
+
+    header = read_header(record)
+    samples, symbols = read_annotations(record, "atr")
+    peaks = np.unique(samples[np.array([s in BEAT_SYMBOLS for s in symbols], dtype=bool)])
+    if header.sig_len:
+        peaks = peaks[(peaks >= 0) & (peaks < header.sig_len)]
+    ref_samples, ref_labels = reference_beats(samples, symbols)
+    tolerance_s = inspect.signature(labelled_peaks).parameters["tolerance_s"].default  # labelled_peaks' own
+    return match_labels(peaks, ref_samples, ref_labels, int(round(tolerance_s * header.fs)))
 
 
 def _make_explainer(method: str, model, data=None, **params):
     """Build a registered explainer, passing ``data`` when the factory takes it (shap's background)."""
-    import inspect
-
     from .registry import create, get
 
     comp = get("explainers", method)  # unknown method -> one-line RegistryError listing the known ones
@@ -632,11 +673,15 @@ def _label(labels, classes, i) -> str:
 
 
 def plot_beat(ex: BeatExplanation, rb: RecordBeats, path: Path, n_neighbours: int = 3) -> Path:
-    """ECG around the beat with the attribution as a heatmap, beat markers, RR intervals, class probabilities."""
+    """ECG around the beat with the attribution as a heatmap, beat markers, RR intervals, class probabilities.
+
+    The ECG panel shows ``n_neighbours`` beats each side of the explained one (fewer at the
+    edges of its sequence).
+    """
     plt = _plt()
     spec, classes = rb.spec, list(rb.spec["classes"])
     fs, before, after = spec["fs_hz"], spec["before_samples"], spec["after_samples"]
-    x = rb.signal()
+    x = rb.signal
     pos = np.round(rb.peaks * fs / rb.record.fs).astype(np.int64)
     b = ex.beat
     lo_b = max(ex.start, b - n_neighbours)
@@ -852,21 +897,18 @@ def _class_average(model_ref, cls, n, method, out_dir, data=None, records=None, 
     paths = resolve_records(records, data)
     explain = _make_explainer(method, model, data)
     rng = np.random.default_rng(seed)
-    # which beats: read every record's labels, then draw n of class cls across them
-    cands = []
-    loaded: dict[str, RecordBeats] = {}
-    for p in paths:
-        rb = load_record_beats(p, spec, data, "reference", lead)
-        idx = np.flatnonzero(rb.labels == k)
-        if idx.size:
-            loaded[p] = rb
-            cands += [(p, int(i)) for i in idx]
+    # which beats: every record's labels from its annotations (cheap), then n of class cls drawn across
+    # them; only the records that hold a drawn beat are read and prepared for the model
+    cands = [(p, int(i)) for p in paths for i in np.flatnonzero(_reference_labels(p) == k)]
     if not cands:
         raise EcgkitError(f"no beats of class {cls} in records {', '.join(records)}")
     pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False).tolist())
     chosen = [cands[i] for i in pick]
+    loaded: dict[str, RecordBeats] = {}
     attrs, beats, ctxs, used, correct = [], [], [], [], 0
     for p, i in chosen:
+        if p not in loaded:
+            loaded[p] = load_record_beats(p, spec, data, "reference", lead)
         rb = loaded[p]
         ex = _explain_one(model, rb, i, method, explain, target=k, context=context, context_steps=16)
         attrs.append(np.abs(ex.attribution))

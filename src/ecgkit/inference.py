@@ -23,12 +23,14 @@ def model_signal(record: Record, spec: dict) -> np.ndarray:
     return x
 
 
-def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 0) -> dict:
+def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 0,
+                   signal: np.ndarray | None = None) -> dict:
     """Model input of one record: ``W`` (n, S + 2 margin) windows, ``med`` median beat, ``rr`` (n, 4).
 
-    ``margin`` extra samples each side let training shift windows in time.
+    ``margin`` extra samples each side let training shift windows in time. ``signal``: the
+    record's :func:`model_signal`, when the caller already computed it (figures draw it too).
     """
-    x = model_signal(record, spec)
+    x = model_signal(record, spec) if signal is None else signal
     fs = spec["fs_hz"]
     b, a = spec["before_samples"] + margin, spec["after_samples"] + margin
     pos = np.round(np.asarray(peaks) * fs / record.fs).astype(np.int64)
