@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ecgkit.evaluate import evaluate  # noqa: E402
+from ecgkit.evaluate import evaluate, markdown  # noqa: E402
 
 #: (method, acc, SVEB Se, +P, F1, VEB Se, +P, F1) in percent; None where the paper gives no figure.
 PUBLISHED = [
@@ -78,13 +78,8 @@ def main(argv=None) -> None:
                                     + ["" if r[8] is None else f"{r[8]:.3f}"]) + " |")
         seg = args.segmenters[0]
         print(f"\nPer record (`ecgkit evaluate --model {args.model} --split {args.split} --out DIR`, {seg} beats):\n")
-        print("| record | beats | acc | S n | S Se | S +P | V n | V Se | V +P |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        pct = lambda x: "-" if x is None or math.isnan(x) else f"{100 * x:.1f}"  # noqa: E731
-        for name, d in reports[seg]["per_record"].items():
-            S, V = d["stats"]["S"], d["stats"]["V"]
-            print(f"| {name} | {d['n_beats']} | {pct(d['accuracy'])} | {S['n']} | {pct(S['Se'])} | {pct(S['+P'])} "
-                  f"| {V['n']} | {pct(V['Se'])} | {pct(V['+P'])} |")
+        md = markdown(reports[seg])  # the per-record table of ecgkit evaluate's report.md, verbatim
+        print(md[md.index("| record |"):], end="")
         return
     from rich.console import Console
     from rich.table import Table

@@ -104,7 +104,9 @@ def _outside(samples: np.ndarray, episodes: list[tuple[int, int]]) -> np.ndarray
     return samples[keep]
 
 
-def _score(ref: np.ndarray, det: np.ndarray, window: int) -> Score:
+def score_detections(ref: np.ndarray, det: np.ndarray, window: int) -> Score:
+    """TP / FN / FP of detections ``det`` against reference beats ``ref`` (samples), ``window`` samples apart
+    at most (``wfdb.processing.compare_annotations``); also used by ``benchmarks/noise.py``."""
     if len(ref) == 0 or len(det) == 0:
         return Score(tp=0, fn=len(ref), fp=len(det))
     c = compare_annotations(ref, det, window)
@@ -127,8 +129,8 @@ def evaluate(directory: Path, record: str, detectors: list[str]) -> tuple[Row, R
         start = time.perf_counter()
         det = np.asarray(DETECTORS[name](signal, fs), dtype=np.int64)
         seconds = time.perf_counter() - start
-        whole.scores[name] = _score(ref, det, window)
-        no_vf.scores[name] = _score(_outside(ref, episodes), _outside(det, episodes), window)
+        whole.scores[name] = score_detections(ref, det, window)
+        no_vf.scores[name] = score_detections(_outside(ref, episodes), _outside(det, episodes), window)
         for s in (whole.scores[name], no_vf.scores[name]):
             s.seconds, s.records = seconds, 1
     return whole, no_vf

@@ -11,14 +11,18 @@ its own fresh subprocess (so peak RSS is its own), in this order:
   (``--e2e-threads``; torch's and onnxruntime's intra-op threads); wall time per record and overall,
   as a real-time factor (seconds of ECG per second of wall time); the time to start Python and import
   ecgkit is reported apart. Peak RSS is the process's peak resident set size (VmHWM) after these runs.
-* **DS2 figures**: ``ecgkit.evaluate.evaluate`` on DS2 with the reference beats (the literature's
-  protocol): accuracy, SVEB and VEB Se / +P / F1, and the beats whose class differs between variants.
 * **throughput**: beats per second of ``predict_log_proba`` (whole records, ``seq_len``-beat sequences
-  overlapping by half, so every beat goes through the model twice) at 1 and 2 threads.
+  overlapping by half, so every beat goes through the model twice) at 1 and 2 threads, on the reference beats of
+  the ``--speed-records`` (default 100, 203, 208, 233; ``--quick``: 100).
+* **agreement**: the share of those ``--speed-records`` beats that int8 gives the same class as fp32 (from the
+  1-thread throughput run's predictions): measured on these few records (by default DS1's 203, 208 and DS2's
+  100, 233), not on the whole of DS2.
 * **batch-1 latency**: one model call on one sequence of ``seq_len`` consecutive beats, i.e.
   the new beat and the ``seq_len`` - 1 before it as context: the call a streaming annotator makes for each new
   beat (the transformer looks at the whole sequence, so nothing can be cached). 1 thread,
   p50 / p99 over ``--latency-calls`` calls after a warm-up.
+* **DS2 figures**: ``ecgkit.evaluate.evaluate`` on DS2 with the reference beats (the literature's
+  protocol): accuracy, SVEB and VEB Se / +P / F1.
 
 Timings on a shared machine are noisy: each throughput figure is the best of ``--repeats`` runs,
 and the ratios int8/fp32 matter more than absolute times.
@@ -95,7 +99,9 @@ def _e2e(model_ref: str, paths: list[str], out_dir: str) -> dict:
             "seconds_ecg": sum(r["seconds"] for r in rows), "beats": sum(r["beats"] for r in rows)}
 
 
-def _throughput(model_ref: str, preps: list, threads: int, repeats: int) -> float:
+def _throughput(model_ref: str, preps: list, threads: int, repeats: int) -> tuple[float, list]:
+    """Beats per second of ``predict_log_proba`` over ``preps`` (best of ``repeats`` runs, at least one) and
+    the predicted classes of the last run, one list per record."""
     import torch
 
     from ecgkit.inference import predict_log_proba
@@ -105,13 +111,12 @@ def _throughput(model_ref: str, preps: list, threads: int, repeats: int) -> floa
     model, spec, _ = load_any_model(model_ref)  # onnxruntime takes its thread count at load
     n = sum(len(p["rr"]) for p in preps)
     predict_log_proba(model, preps[0], spec)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+    best, outs = float("inf"), []
+    for _ in range(max(1, repeats)):
         t = time.perf_counter()
-        for p in preps:
-            predict_log_proba(model, p, spec)
+        outs = [predict_log_proba(model, p, spec) for p in preps]
         best = min(best, time.perf_counter() - t)
-    return n / best
+    return n / best, [o.argmax(-1).tolist() for o in outs]
 
 
 def _latency(model_ref: str, prep: dict, calls: int) -> dict:
@@ -153,14 +158,6 @@ def _accuracy(model_ref: str, records, data) -> dict:
             **{f"{c}_{k}": g[c][k] for c in "SV" for k in ("Se", "+P", "F1")}}
 
 
-def _predictions(model_ref: str, preps: list) -> list:
-    from ecgkit.inference import predict_log_proba
-    from ecgkit.models import load_any_model
-
-    model, spec, _ = load_any_model(model_ref)
-    return [predict_log_proba(model, p, spec).argmax(-1).tolist() for p in preps]
-
-
 def worker(args) -> None:
     t_import = time.perf_counter()
     import ecgkit.annotate  # noqa: F401  (what `ecgkit annotate` imports before it starts)
@@ -195,11 +192,13 @@ def worker(args) -> None:
         rec = read_record(p)
         preps.append(prepare_record(rec, detect_beats(ref, rec), spec))
     out["speed_beats"] = sum(len(p["rr"]) for p in preps)
-    out["beats_per_s"] = {str(t): _throughput(args.ref, preps, t, args.repeats) for t in (1, 2)}
+    out["beats_per_s"], classes = {}, {}
+    for t in (1, 2):
+        out["beats_per_s"][str(t)], classes[t] = _throughput(args.ref, preps, t, args.repeats)
     out["latency"] = _latency(args.ref, preps[0], args.latency_calls)
     if not args.skip_accuracy:
         out["ds2"] = _accuracy(args.ref, args.records, args.data)
-    out["predictions"] = _predictions(args.ref, preps)
+    out["predictions"] = classes[1]  # for the fp32 / int8 agreement: the 1-thread run's classes
     print("@@RESULT " + json.dumps(out))
 
 

@@ -1,4 +1,5 @@
-"""int8 quantization and ONNX export: a small fresh ECG-TransNet, calibrated on two DS1 records.
+"""int8 quantization and ONNX export: a small fresh ECG-TransNet, calibrated on two DS1 records, for the
+file format, loading and error paths; the shipped (trained) model for the fp32 / int8 agreement.
 
 The ONNX tests need the optional extra ``ecgkit[onnx]`` and are skipped without it; the error
 tests (garbage model file, missing extra) run everywhere.
@@ -17,8 +18,6 @@ from click.testing import CliRunner
 
 from ecgkit.cli import cli
 from ecgkit.errors import EcgkitError
-
-
 
 def _has_onnx() -> bool:
     try:
@@ -71,15 +70,51 @@ def test_quantize_writes_small_file_atomically(int8_model):
 
 
 @needs_onnx
-def test_failed_quantize_leaves_existing_file_intact(fp32_ckpt, data_dir, tmp_path):
+def test_calibration_on_ds2_is_refused(fp32_ckpt, data_dir, tmp_path):
+    from ecgkit.quantize import calibration_sequences, quantize
+
+    out = tmp_path / "m.onnx"
+    with pytest.raises(EcgkitError, match="DS2"):  # calibrating on the test split is refused
+        quantize(str(fp32_ckpt), out, data=data_dir, calib_records=["101", "100"], calib_beats=64)
+    with pytest.raises(EcgkitError, match="DS2"):
+        calibration_sequences({}, ["DS2"], data_dir)
+    assert not out.exists()
+
+
+@needs_onnx
+@pytest.mark.parametrize("stage", ["write", "rename"])
+def test_failed_quantize_leaves_existing_file_intact(stage, fp32_ckpt, data_dir, tmp_path, monkeypatch):
+    """The int8 file's own write fails half-way (disk full) or at the final rename: the file that was there
+    stays byte for byte, and the temp file next to it is gone."""
     from ecgkit.quantize import quantize
 
     out = tmp_path / "m.onnx"
-    out.write_bytes(b"previous")
-    with pytest.raises(EcgkitError, match="DS2"):  # calibrating on the test split is refused
-        quantize(str(fp32_ckpt), out, data=data_dir, calib_records=["100"], calib_beats=64)
-    assert out.read_bytes() == b"previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    previous = os.urandom(1000)
+    out.write_bytes(previous)
+    temps = []
+    real_write, real_replace = Path.write_bytes, os.replace
+
+    def write_bytes(self, data):
+        if Path(self).parent == tmp_path and stage == "write":
+            temps.append(Path(self))
+            real_write(self, data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+        return real_write(self, data)
+
+    def replace(src, dst, *a, **k):
+        if Path(dst) == out and stage == "rename":
+            temps.append(Path(src))
+            assert Path(src).stat().st_size > 1000  # the whole new model was written
+            raise OSError(5, "Input/output error")
+        return real_replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        quantize(str(fp32_ckpt), out, data=data_dir, calib_records=CALIB, calib_beats=64)
+    assert len(temps) == 1 and temps[0] != out  # the failure hit the temp file of the atomic write
+    assert out.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left behind
 
 
 @needs_onnx
@@ -172,3 +207,49 @@ def test_int8_without_the_extra_says_what_to_install(tmp_path, monkeypatch):
         load_any_model(str(f))
     msg = str(exc.value)
     assert "pip install 'ecgkit[onnx]'" in msg and str(f) in msg and "\n" not in msg
+
+
+# ------------------------------------------------------------------------------------------------------
+# the shipped, trained model: int8 must classify like fp32 (agreement on a random model says little)
+# ------------------------------------------------------------------------------------------------------
+AGREE = ["119", "209"]  # DS1, many V beats; many S beats
+
+
+@pytest.fixture(scope="module")
+def shipped_int8(tmp_path_factory, data_dir):
+    if not HAS_ONNX:
+        pytest.skip("optional extra ecgkit[onnx] not installed")
+    from ecgkit.datasets.mitdb import DS1
+    from ecgkit.quantize import quantize
+    from ecgkit.registry import list_components
+
+    if "transnet" not in list_components("models"):
+        pytest.skip("the shipped model (plugin ecgkit-transnet) is not installed")
+    calib = [r for r in DS1 if r not in AGREE]  # beats the agreement is measured on never calibrate
+    out = tmp_path_factory.mktemp("shipped") / "transnet.int8.onnx"
+    return Path(quantize("transnet", out, data=data_dir, calib_records=calib, calib_beats=1024))
+
+
+@needs_onnx
+@pytest.mark.parametrize("record", AGREE)
+def test_int8_of_the_shipped_model_agrees_with_fp32(shipped_int8, record, data_dir):
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.models import load_any_model
+    from ecgkit.registry import create
+    from ecgkit.segment import detect_beats
+
+    m8, spec8, info8 = load_any_model(str(shipped_int8))
+    m32, spec32, info32 = load_any_model("transnet")
+    assert spec8 == spec32 and info8["encoder"] == info32["encoder"]
+    rec = read_record(data_dir / record)
+    prep = prepare_record(rec, detect_beats(create("segmenters", "reference"), rec), spec32)
+    p32 = predict_log_proba(m32, prep, spec32)
+    p8 = predict_log_proba(m8, prep, spec8)
+    a32, a8 = p32.argmax(-1), p8.argmax(-1)
+    assert (a8 == a32).mean() > 0.99
+    assert np.abs(np.exp(p8) - np.exp(p32)).mean() < 0.005
+    for c in ("S", "V"):  # the minority classes the model is for keep their labels too
+        k = spec32["classes"].index(c)
+        if (a32 == k).sum() >= 50:
+            assert (a8[a32 == k] == k).mean() > 0.97, c

@@ -31,3 +31,12 @@ class CheckpointError(EcgkitError):
 
 class DataError(EcgkitError):
     """The data directory is missing or incomplete, or a download failed."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of ``exc``'s message (its type name when the message is empty), cut at ``limit`` chars.
+
+    For wrapping a third-party exception into a one-line :class:`EcgkitError`.
+    """
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if limit is None else line[:limit]

@@ -36,7 +36,7 @@ def load_any_model(ref: str):
     path = resolve_model_path(ref)
     if is_onnx_file(path):
         return load_onnx_model(path)
+    from .quantize import model_info
+
     model, ck = load_model(str(path))
-    info = {"encoder": ck["encoder"], "epoch": ck.get("epoch"), "seed": ck.get("seed"),
-            "ecgkit_version": ck.get("ecgkit_version"), "precision": "fp32", "runtime": "torch"}
-    return model, ck["input_spec"], info
+    return model, ck["input_spec"], model_info(ck, precision="fp32", runtime="torch")

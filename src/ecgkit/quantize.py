@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError, EcgkitError
+from .errors import CheckpointError, ConfigError, EcgkitError, first_line
 
 #: ``metadata_props`` key -> value that marks an ecgkit ONNX file (searched as bytes before parsing).
 FORMAT_KEY = "ecgkit.format"
@@ -87,9 +87,19 @@ def load_fp32(model_ref: str):
     return model, ck, path
 
 
-def model_info(ck: dict) -> dict:
-    return {"encoder": ck["encoder"], "params": ck.get("params", {}), "epoch": ck.get("epoch"),
-            "seed": ck.get("seed"), "ecgkit_version": ck.get("ecgkit_version")}
+def model_info(src: dict, *, params: bool = False, **extra) -> dict:
+    """A model's ``info``: encoder, epoch, seed and ecgkit version read from ``src`` (a checkpoint dict or
+    the info stored in an ONNX file), the encoder parameters too with ``params=True``, then ``extra``.
+
+    The one place these dicts are built: the info stored in an ONNX file and the one
+    :func:`load_onnx_model` returns.
+    """
+    info = {"encoder": src.get("encoder")}
+    if params:
+        info["params"] = src.get("params", {})
+    info.update(epoch=src.get("epoch"), seed=src.get("seed"), ecgkit_version=src.get("ecgkit_version"))
+    info.update(extra)
+    return info
 
 
 def _example_inputs(spec: dict, B: int = 2, T: int = 16):
@@ -132,8 +142,7 @@ def to_onnx(model, spec: dict):
                                      opset_version=OPSET, custom_translation_table=table, optimize=True,
                                      verbose=False, report=False)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EcgkitError(f"ONNX export of {type(model).__name__} failed: {first[:300]}") from None
+        raise EcgkitError(f"ONNX export of {type(model).__name__} failed: {first_line(exc, 300)}") from None
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
@@ -162,7 +171,8 @@ def _verify(model, proto, spec: dict, tol: float = 1e-3) -> None:
 
 
 def _fp32_proto(model_ref: str):
-    """fp32 ONNX proto, input spec and info of ``model_ref``, cached per checkpoint file in this process."""
+    """``(fp32 ONNX proto, checkpoint dict)`` of ``model_ref``; the export is cached per checkpoint file in
+    this process."""
     import copy
 
     model, ck, path = load_fp32(model_ref)
@@ -170,7 +180,7 @@ def _fp32_proto(model_ref: str):
     if key not in _EXPORT_CACHE:
         _EXPORT_CACHE.clear()
         _EXPORT_CACHE[key] = to_onnx(model, ck["input_spec"])
-    return copy.deepcopy(_EXPORT_CACHE[key]), ck["input_spec"], model_info(ck), model
+    return copy.deepcopy(_EXPORT_CACHE[key]), ck
 
 
 def _set_metadata(proto, spec: dict, info: dict) -> None:
@@ -223,9 +233,9 @@ def _write_proto(proto, out) -> Path:
 
 def export_onnx(model_ref: str, out) -> Path:
     """Write the fp32 ONNX graph of ``model_ref`` (registered name or checkpoint) to ``out``, atomically."""
-    proto, spec, info, _ = _fp32_proto(model_ref)
+    proto, ck = _fp32_proto(model_ref)
     _shrink(proto)
-    _set_metadata(proto, spec, {**info, "precision": "fp32", "source": str(model_ref)})
+    _set_metadata(proto, ck["input_spec"], model_info(ck, params=True, precision="fp32", source=str(model_ref)))
     return _write_proto(proto, out)
 
 
@@ -254,18 +264,25 @@ def calibration_sequences(spec: dict, records, data=None, calib_beats: int = 204
     Sequences of ``seq_len`` consecutive beats (the inference length), drawn evenly across the records
     (at random positions in each, fixed seed), fed exactly as :func:`ecgkit.inference.predict_log_proba` does.
     """
+    from .datasets import resolve_records
+
+    paths = resolve_records(list(records), data)
+    _check_calibration_records(paths, data)
+    return _sequences(spec, paths, calib_beats, seq_len, segmenter, seed)
+
+
+def _sequences(spec: dict, paths: list[str], calib_beats: int, seq_len: int | None = None,
+               segmenter: str = "reference", seed: int = 0) -> list[dict]:
+    """:func:`calibration_sequences` of record ``paths`` already resolved and checked (not DS2)."""
     import torch
 
-    from .datasets import resolve_records
     from .inference import make_channels, prepare_record
     from .io import read_record
     from .registry import create
     from .segment import detect_beats
 
-    paths = resolve_records(list(records), data)
     if not paths:
         raise ConfigError("no calibration records")
-    _check_calibration_records(paths, data)
     T = int(seq_len or spec.get("seq_len", 64))
     n_seq = max(1, -(-int(calib_beats) // T))
     rng = np.random.default_rng(seed)
@@ -383,9 +400,11 @@ def quantize(model_ref: str, out, data=None, calib_records=("DS1",), calib_beats
         raise ConfigError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
     from .datasets import iter_records
 
-    _check_calibration_records(iter_records(list(calib_records), data).paths, data)  # before the slow export
-    proto, spec, info, _ = _fp32_proto(model_ref)
-    seqs = calibration_sequences(spec, calib_records, data, calib_beats)
+    paths = iter_records(list(calib_records), data).paths  # every header checked
+    _check_calibration_records(paths, data)  # both before the slow export
+    proto, ck = _fp32_proto(model_ref)
+    spec = ck["input_spec"]
+    seqs = _sequences(spec, paths, calib_beats)
     with tempfile.TemporaryDirectory(prefix="ecgkit-quant-") as tmp:
         f32, f32o, q8 = Path(tmp, "fp32.onnx"), Path(tmp, "fp32-opt.onnx"), Path(tmp, "int8.onnx")
         onnx.save_model(proto, f32)
@@ -405,16 +424,15 @@ def quantize(model_ref: str, out, data=None, calib_records=("DS1",), calib_beats
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True,
                                    "CalibMovingAverage": False})
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EcgkitError(f"int8 quantization failed: {first[:300]}") from None
+            raise EcgkitError(f"int8 quantization failed: {first_line(exc, 300)}") from None
         qproto = onnx.load_model(str(q8))
     _compress_float_initializers(qproto)
     _shrink(qproto)
     n_beats = int(sum(s["rr"].shape[1] for s in seqs))
-    _set_metadata(qproto, spec, {**info, "precision": "int8", "source": str(model_ref),
-                                 "calibration": {"records": _plain(list(calib_records)), "beats": n_beats,
-                                                 "method": method, "format": "QDQ per-channel u8s8",
-                                                 "ops": list(QUANT_OPS)}})
+    calibration = {"records": _plain(list(calib_records)), "beats": n_beats, "method": method,
+                   "format": "QDQ per-channel u8s8", "ops": list(QUANT_OPS)}
+    _set_metadata(qproto, spec, model_info(ck, params=True, precision="int8", source=str(model_ref),
+                                           calibration=calibration))
     onnx.checker.check_model(qproto)
     return _write_proto(qproto, out)
 
@@ -471,8 +489,7 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CheckpointError(f"refusing to load {path}: not a valid ONNX model ({first[:200]})") from None
+            raise CheckpointError(f"refusing to load {path}: not a valid ONNX model ({first_line(exc, 200)})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get(FORMAT_KEY) != FORMAT:
             raise CheckpointError(f"{path} is not an ecgkit ONNX model (format {FORMAT})")
@@ -510,9 +527,8 @@ class OnnxModel:
 def load_onnx_model(path):
     """``(model, input_spec, info)`` of an ecgkit ONNX file (fp32 export or int8)."""
     m = OnnxModel(path)
-    info = {"encoder": m.info.get("encoder"), "epoch": m.info.get("epoch"), "seed": m.info.get("seed"),
-            "ecgkit_version": m.info.get("ecgkit_version"), "precision": m.info.get("precision"),
-            "runtime": "onnxruntime", "calibration": m.info.get("calibration")}
+    info = model_info(m.info, precision=m.info.get("precision"), runtime="onnxruntime",
+                      calibration=m.info.get("calibration"))
     return m, m.input_spec, info
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pluggy
 
-from .errors import RegistryError
+from .errors import EcgkitError, RegistryError, first_line
 from .plugins import get_plugin_manager, plugin_provider
 
 #: kind -> hook name
@@ -92,12 +92,9 @@ def create(kind: str, name: str, pm=None, **params) -> Callable:
         raise RegistryError(f"{kind[:-1]} {name!r}: bad parameters {params}: {exc}") from None
     except ValueError:  # no signature available (builtins): let the call decide
         pass
-    from .errors import EcgkitError
-
     try:
         return comp.factory(**params)
     except EcgkitError:
         raise
     except (TypeError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RegistryError(f"{kind[:-1]} {name!r}: bad parameters {params}: {first[:200]}") from None
+        raise RegistryError(f"{kind[:-1]} {name!r}: bad parameters {params}: {first_line(exc, 200)}") from None
