@@ -117,6 +117,16 @@ def test_training_an_ensemble_reproduces_each_seed(data_dir, tmp_path):
     assert isinstance(model, Ensemble) and len(model.members) == 2
 
 
+def test_resume_of_an_ensemble_needs_its_first_member(tmp_path):
+    from ecgkit.config import load_config
+    from ecgkit.train import train
+
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": {"ensemble": 2}}))
+    with pytest.raises(ConfigError, match="member1"):
+        train(load_config(p), tmp_path / "run", resume=True, log=lambda *_: None, show_progress=False)
+
+
 def test_config_rejects_bad_ensemble_keys(tmp_path):
     from ecgkit.config import load_config
 

@@ -484,6 +484,8 @@ def train_ensemble(cfg: RunConfig, run_dir=None, resume: bool = False, data_dir=
     rank, world = _dist()
     run_dir = Path(run_dir or cfg.run_dir)
     n = cfg.train.ensemble
+    if resume and not (run_dir / "member1" / "last.pt").is_file():
+        raise ConfigError(f"--resume: no checkpoint {run_dir / 'member1' / 'last.pt'} to resume from")
     paths = []
     for i in range(n):
         c = copy.deepcopy(cfg)
