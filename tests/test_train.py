@@ -194,6 +194,28 @@ def test_patient_kfold_tests_every_record_once_with_unseen_patients(data_dir, ti
     assert (tmp_path / "kf" / "report.json").is_file() and (tmp_path / "kf" / "confusion_matrix.png").is_file()
 
 
+def test_kfold_with_fixed_epochs_trains_each_fold_on_all_its_patients(data_dir, tiny_config, tmp_path):
+    import json
+
+    from ecgkit.evaluate import kfold
+
+    cfg = load_config(tiny_config(data={**TINY["data"], "val": []},
+                                  train={**TINY["train"], "epochs": 2, "steps_per_epoch": 1}))
+    records = ["100", "101", "105", "119", "208", "209"]
+    kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kf", show_progress=False, records=records)
+    for fold in sorted((tmp_path / "kf" / "kfold").iterdir()):
+        ck = read_checkpoint(fold / "best.pt")
+        used = json.loads(ck["config"])["data"]
+        assert used["val"] == [] and len(used["train"]) == 3   # no patient held back for validation
+        assert ck["epoch"] == 2                                # the last epoch, as in a final fit
+    # with validation patients in the config, each fold still holds some of its own back
+    cfg = load_config(tiny_config(train={**TINY["train"], "epochs": 2, "steps_per_epoch": 1}))
+    kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / "kv", show_progress=False, records=records)
+    for fold in sorted((tmp_path / "kv" / "kfold").iterdir()):
+        used = json.loads(read_checkpoint(fold / "best.pt")["config"])["data"]
+        assert len(used["val"]) == 1 and set(used["val"]) <= set(used["train"])
+
+
 def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_path):
     import json
 

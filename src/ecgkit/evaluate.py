@@ -146,7 +146,10 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, 
     """Patient-wise k-fold: train ``cfg`` on k-1 folds, evaluate on the held-out fold, pool the beats.
 
     Every non-paced record is tested exactly once, by a model that never saw its patient.
-    Validation patients of each fold come out of that fold's training records.
+    Validation patients of each fold (for picking its epoch) come out of that fold's training
+    records: a fifth of them. With ``data.val: []`` in ``cfg`` (a recipe whose epoch count is
+    fixed, as in a final fit) each fold trains on all its training records and keeps the
+    last epoch: the estimate then scores exactly the protocol that makes the shipped model.
     """
     import copy
 
@@ -158,7 +161,7 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, 
     base = Path(out_dir or cfg.run_dir) / "kfold"
     for i, (train_recs, test_recs) in enumerate(patient_kfold(records or SPLITS["all"], k, cfg.seed)):
         c = copy.deepcopy(cfg)
-        n_val = min(max(1, len(train_recs) // 5), len(train_recs) - 1)  # a lone training patient: no validation
+        n_val = 0 if not cfg.data.val else min(max(1, len(train_recs) // 5), len(train_recs) - 1)  # lone patient: none
         rng = np.random.default_rng(cfg.seed + i)
         c.data.train = list(train_recs)
         c.data.val = sorted(rng.choice(train_recs, n_val, replace=False).tolist())
