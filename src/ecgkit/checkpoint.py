@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .config import WEIGHTS_DTYPES
+from .errors import CheckpointError, first_line
 
 FORMAT = "ecgkit-checkpoint/1"
 
@@ -49,8 +50,8 @@ def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | No
     """
     from .io import atomic_write
 
-    if dtype not in ("float32", "float16"):
-        raise CheckpointError(f"checkpoint dtype must be float32 or float16, got {dtype!r}")
+    if dtype not in WEIGHTS_DTYPES:
+        raise CheckpointError(f"checkpoint dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {dtype!r}")
     module = getattr(model, "module", model)  # unwrap DDP
     state = module.state_dict()
     if dtype == "float16":
@@ -119,6 +120,6 @@ def load_model(name_or_path: str):
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint weights do not fit encoder {ck['encoder']!r}: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{first_line(exc)}") from None
     model.eval()
     return model, ck

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
+
+#: Storage precisions of checkpoint weights (``train.weights_dtype``).
+WEIGHTS_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -181,7 +184,7 @@ def load_config(path: str | Path, quick: bool = False) -> RunConfig:
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"config file {p} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     cfg = from_dict(RunConfig, raw)
@@ -201,8 +204,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     if t.loss not in ("ce", "focal"):
         raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
-    if t.weights_dtype not in ("float32", "float16"):
-        raise ConfigError(f"config key 'train.weights_dtype' must be 'float32' or 'float16', got {t.weights_dtype!r}")
+    if t.weights_dtype not in WEIGHTS_DTYPES:
+        raise ConfigError(f"config key 'train.weights_dtype' must be one of {', '.join(WEIGHTS_DTYPES)}, "
+                          f"got {t.weights_dtype!r}")
     if t.select_metric not in ("jk", "accuracy", "macro_f1"):
         raise ConfigError("config key 'train.select_metric' must be one of jk, accuracy, macro_f1")
     unknown = set(cfg.stages) - {"segment", "train", "quantize", "evaluate", "explain"}

@@ -1,8 +1,8 @@
 """A seed ensemble as one encoder: members with one input contract, their log-probabilities averaged.
 
-Models trained inter-patient differ a lot from seed to seed (on DS1 cross-validation the same
-recipe gives SVEB F1 36-60 for three seeds); averaging the members' per-beat log-probabilities
-removes much of that variance. The ensemble is an ordinary encoder (``ensemble`` in the
+Models trained inter-patient differ a lot from seed to seed (on DS1 cross-validation the shipped
+recipe gives SVEB F1 30-60 over five seeds); averaging the members' per-beat log-probabilities
+removes part of that variance. The ensemble is an ordinary encoder (``ensemble`` in the
 ``encoders`` registry): a checkpoint names its members' encoders and parameters, so anything
 that loads a checkpoint, exports ONNX or explains a model handles it without knowing about it.
 

@@ -558,26 +558,18 @@ def load_record_beats(record, spec: dict, data=None, segmenter: str = "reference
     return RecordBeats(rec, peaks, labels, prep, spec, signal)
 
 
-def _reference_labels(record) -> np.ndarray:
-    """AAMI class indices of a record's reference beats, read from its annotations only.
+def _reference_labels(record, lead=None) -> np.ndarray:
+    """AAMI class indices of a record's reference beats, without filtering the signal.
 
     The same labels, beat for beat, as ``load_record_beats(record, ..., segmenter="reference")``
-    gives (:func:`ecgkit.segment.labelled_peaks` on the ``reference`` segmenter's peaks),
-    without reading or filtering the signal: for choosing beats by class across many records.
-    ``record`` is a record path (without extension).
+    (the same :func:`ecgkit.segment.labelled_peaks` call), for choosing beats by class across
+    many records before preparing only those that hold a chosen beat.
     """
-    from .datasets.mitdb import BEAT_SYMBOLS, reference_beats
-    from .io import read_annotations, read_header
-    from .segment import labelled_peaks, match_labels
+    from .io import read_record
+    from .registry import create
+    from .segment import labelled_peaks
 
-    header = read_header(record)
-    samples, symbols = read_annotations(record, "atr")
-    peaks = np.unique(samples[np.array([s in BEAT_SYMBOLS for s in symbols], dtype=bool)])
-    if header.sig_len:
-        peaks = peaks[(peaks >= 0) & (peaks < header.sig_len)]
-    ref_samples, ref_labels = reference_beats(samples, symbols)
-    tolerance_s = inspect.signature(labelled_peaks).parameters["tolerance_s"].default  # labelled_peaks' own
-    return match_labels(peaks, ref_samples, ref_labels, int(round(tolerance_s * header.fs)))
+    return labelled_peaks(read_record(record, lead), create("segmenters", "reference"))[1]
 
 
 def _make_explainer(method: str, model, data=None, **params):
@@ -897,9 +889,9 @@ def _class_average(model_ref, cls, n, method, out_dir, data=None, records=None, 
     paths = resolve_records(records, data)
     explain = _make_explainer(method, model, data)
     rng = np.random.default_rng(seed)
-    # which beats: every record's labels from its annotations (cheap), then n of class cls drawn across
+    # which beats: every record's reference labels (read, not filtered), then n of class cls drawn across
     # them; only the records that hold a drawn beat are read and prepared for the model
-    cands = [(p, int(i)) for p in paths for i in np.flatnonzero(_reference_labels(p) == k)]
+    cands = [(p, int(i)) for p in paths for i in np.flatnonzero(_reference_labels(p, lead) == k)]
     if not cands:
         raise EcgkitError(f"no beats of class {cls} in records {', '.join(records)}")
     pick = sorted(rng.choice(len(cands), size=min(n, len(cands)), replace=False).tolist())

@@ -37,6 +37,9 @@ from .registry import create
 #: Extra samples kept each side of a window so augmentation can shift it in time.
 MARGIN_MAX = 32
 
+#: Licence recorded in every checkpoint this module writes.
+LICENCE = "MIT (weights trained on MIT-BIH, ODC-By 1.0)"
+
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -387,7 +390,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
         net = torch.nn.parallel.DistributedDataParallel(model)
     total_steps = tc.epochs * tc.steps_per_epoch
     config_json = json.dumps(asdict(cfg))
-    extra_common = {"config": config_json, "seed": cfg.seed, "licence": "MIT (weights trained on MIT-BIH, ODC-By 1.0)"}
+    extra_common = {"config": config_json, "seed": cfg.seed, "licence": LICENCE}
 
     with progress_bar(disable=not show_progress or rank != 0) as bar:
         task = bar.add_task("training", total=total_steps, completed=start_epoch * tc.steps_per_epoch)
@@ -501,7 +504,7 @@ def train_ensemble(cfg: RunConfig, run_dir=None, resume: bool = False, data_dir=
         cks = [ck for _, ck in loaded]
         params = {"members": [{"encoder": ck["encoder"], "params": ck["params"]} for ck in cks]}
         extra = {"config": json.dumps(asdict(cfg)), "seed": cfg.seed, "member_seeds": [ck["seed"] for ck in cks],
-                 "epoch": [ck["epoch"] for ck in cks], "licence": "MIT (weights trained on MIT-BIH, ODC-By 1.0)"}
+                 "epoch": [ck["epoch"] for ck in cks], "licence": LICENCE}
         save_checkpoint(best_path, model, encoder="ensemble", params=params, extra=extra,
                         dtype=cfg.train.weights_dtype)
         history = [{**h, "member": i + 1} for i, ck in enumerate(cks) for h in json.loads(ck["history"])]
