@@ -1,7 +1,7 @@
 """Would a seed ensemble help? Pool the held-out predictions of several DS1 cross-validation runs.
 
     ecgkit evaluate --protocol kfold --split DS1 --folds 4 --config CONFIG --out RUN   # once per seed
-    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--markdown]
+    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--checkpoint last.pt]
 
 Each RUN is the ``--out`` directory of one ``ecgkit evaluate --protocol kfold`` run (its
 ``kfold/fold*/best.pt`` checkpoints record which patients each fold held out). Every
@@ -9,6 +9,11 @@ record is classified by, in each run, the fold model that never saw that patient
 ensemble averages those models' per-beat log-probabilities. Prints each run's pooled EC57
 figures (which reproduce that run's ``report.json``) and the ensemble's. DS1 only: this is
 a selection tool, it never touches the test split.
+
+``--checkpoint last.pt`` scores each fold's raw last-epoch weights instead of ``best.pt``:
+with ``train.ema`` and ``data.val: []``, ``best.pt`` is the weight average of the last
+epoch and ``last.pt`` the raw weights of the same training run, so one set of runs
+measures both.
 """
 
 from __future__ import annotations
@@ -35,14 +40,14 @@ from ecgkit.registry import create  # noqa: E402
 from ecgkit.segment import detect_beats  # noqa: E402
 
 
-def held_out_models(run: str) -> dict[str, str]:
+def held_out_models(run: str, checkpoint: str = "best.pt") -> dict[str, str]:
     """record name -> checkpoint of the fold that held it out, for one kfold run directory."""
     out = {}
-    for ck in sorted(glob.glob(str(Path(run) / "kfold" / "fold*" / "best.pt"))):
+    for ck in sorted(glob.glob(str(Path(run) / "kfold" / "fold*" / checkpoint))):
         for rec in json.loads(read_checkpoint(ck)["config"])["data"]["test"]:
             out[rec] = ck
     if not out:
-        raise SystemExit(f"Error: {run} holds no kfold/fold*/best.pt (not an `evaluate --protocol kfold --out` directory)")
+        raise SystemExit(f"Error: {run} holds no kfold/fold*/{checkpoint} (not an `evaluate --protocol kfold --out` directory)")
     return out
 
 
@@ -58,9 +63,11 @@ def main(argv=None) -> None:
     ap.add_argument("runs", nargs="+", help="--out directories of `ecgkit evaluate --protocol kfold` runs")
     ap.add_argument("--data", default=None)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--checkpoint", default="best.pt",
+                    help="file scored in each kfold/fold*/ (last.pt = raw weights of an EMA run)")
     args = ap.parse_args(argv)
 
-    maps = [held_out_models(r) for r in args.runs]
+    maps = [held_out_models(r, args.checkpoint) for r in args.runs]
     records = sorted(set(maps[0]).intersection(*maps[1:]))
     paths = dict(zip(records, resolve_records(records, args.data)))
     cache: dict[str, tuple] = {}

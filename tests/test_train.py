@@ -274,3 +274,106 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     assert rows[2].split("|")[2:] == mod.report_row("x", expected).split("|")[2:]
     with pytest.raises(SystemExit, match="no kfold"):
         mod.main([str(tmp_path)])
+
+
+def test_ema_is_the_average_of_the_raw_trajectory_and_leaves_it_unchanged(data_dir, tiny_config, monkeypatch):
+    """train.ema: best.pt = exponential average of the raw weights after every step; raw training identical."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from ecgkit import train as train_mod
+
+    over = {"data": {**TINY["data"], "val": []}}
+    cfg_raw = load_config(tiny_config(**over))
+    run_raw = Path(cfg_raw.run_dir + "_raw")
+    train_mod.train(cfg_raw, run_dir=run_raw, show_progress=False, log=lambda m: None, data_dir=data_dir)
+
+    snaps = []
+    real_update = AveragedModel.update_parameters
+
+    def recording_update(self, model):
+        snaps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_update(self, model)
+
+    monkeypatch.setattr(AveragedModel, "update_parameters", recording_update)
+    decay = 0.7
+    cfg = load_config(tiny_config(**over, train={**TINY["train"], "ema": decay}))
+    run = Path(cfg.run_dir + "_ema")
+    train_mod.train(cfg, run_dir=run, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    steps = TINY["train"]["epochs"] * TINY["train"]["steps_per_epoch"]
+    assert len(snaps) == steps
+
+    raw, last, best = _weights(run_raw / "last.pt"), _weights(run / "last.pt"), _weights(run / "best.pt")
+    for k in raw:  # the average never feeds back: last.pt holds exactly the raw run's weights
+        assert torch.equal(raw[k], last[k]), k
+    expected = {k: v.double() for k, v in snaps[0].items() if v.is_floating_point()}
+    for s in snaps[1:]:
+        expected = {k: decay * v + (1 - decay) * s[k].double() for k, v in expected.items()}
+    for k, v in expected.items():
+        torch.testing.assert_close(best[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
+    assert any(not torch.allclose(best[k], last[k]) for k in expected)  # the average is not the last step
+
+
+def test_ema_resume_and_bad_decay(data_dir, tiny_config, tmp_path, monkeypatch):
+    from ecgkit import train as train_mod
+
+    cfg = load_config(tiny_config(train={**TINY["train"], "ema": 0.9}))
+    run_a = Path(cfg.run_dir + "_a")
+    train_mod.train(cfg, run_dir=run_a, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    # interrupt run B after the first epoch's checkpoint, then resume it: same raw and averaged weights
+    run_b = Path(cfg.run_dir + "_b")
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, *a, **k):
+        out = real_save(path, *a, **k)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, run_dir=run_b, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert read_checkpoint(run_b / "last.pt")["epoch"] == 1
+    train_mod.train(cfg, run_dir=run_b, resume=True, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    for name in ("last.pt", "best.pt"):
+        wa, wb = _weights(run_a / name), _weights(run_b / name)
+        for k in wa:
+            assert torch.equal(wa[k], wb[k]), (name, k)
+    ea = read_checkpoint(run_a / "last.pt")["ema_state_dict"]
+    eb = read_checkpoint(run_b / "last.pt")["ema_state_dict"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    # resuming a run trained without the average is refused, not silently restarted
+    run_p = Path(cfg.run_dir + "_p")
+    train_mod.train(load_config(tiny_config()), run_dir=run_p, show_progress=False, log=lambda m: None,
+                    data_dir=data_dir)
+    with pytest.raises(ConfigError, match="without train.ema"):
+        train_mod.train(cfg, run_dir=run_p, resume=True, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    bad = tmp_path / "bad_ema.yaml"
+    bad.write_text(yaml.safe_dump({**TINY, "train": {"ema": 1.0}}))
+    with pytest.raises(ConfigError, match="train.ema"):
+        load_config(bad)
+
+
+def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_config, tmp_path):
+    import json
+
+    from ecgkit.evaluate import kfold
+
+    records = ["100", "101", "105", "119", "208", "209"]
+    tiny_train = {**TINY["train"], "epochs": 1, "steps_per_epoch": 1}
+
+    def folds(seed, fold_seed, name):
+        cfg = load_config(tiny_config(seed=seed, data={**TINY["data"], "val": []}, train=tiny_train))
+        rep = kfold(cfg, k=2, data=data_dir, out_dir=tmp_path / name, show_progress=False, records=records,
+                    fold_seed=fold_seed)
+        cks = [read_checkpoint(f / "best.pt") for f in sorted((tmp_path / name / "kfold").iterdir())]
+        return [tuple(json.loads(c["config"])["data"]["test"]) for c in cks], [c["seed"] for c in cks], rep
+
+    from ecgkit.datasets.mitdb import patient_kfold
+
+    a, seeds_a, rep_a = folds(3, 1, "a")
+    b, seeds_b, _ = folds(4, 1, "b")
+    assert a == b and seeds_a == [3, 3] and seeds_b == [4, 4]    # same patients per fold, other training seed
+    assert a == [test for _, test in patient_kfold(records, 2, 1)] and "fold seed 1" in rep_a["model"]
+    # without it the config seed shuffles the folds, and these seeds give other folds
+    assert [t for _, t in patient_kfold(records, 2, 3)] != a != [t for _, t in patient_kfold(records, 2, 4)]

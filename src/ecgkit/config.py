@@ -76,6 +76,8 @@ class TrainConfig:
     threads: int = 2                    # torch CPU threads per process
     ensemble: int = 1                   # members trained with seeds seed, seed+1, ...; log-probabilities averaged
     weights_dtype: str = "float32"      # "float16" stores best.pt at half precision (half the size)
+    ema: float = 0.0                    # > 0: keep an exponential moving average of the weights (decay per
+                                        # step) and evaluate/save it; 0 = the raw weights
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -202,6 +204,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
+    if not 0.0 <= t.ema < 1.0:
+        raise ConfigError(f"config key 'train.ema' must be a decay in [0, 1) (0 = off), got {t.ema}")
     if t.loss not in ("ce", "focal"):
         raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
     if t.weights_dtype not in WEIGHTS_DTYPES:

@@ -373,6 +373,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     weights = class_weights(y_all, n_classes, tc.class_weight_power, tc.class_weight_cap)
 
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    ema = None
+    if tc.ema > 0:  # averaged copy; it never feeds back into training, so the raw trajectory is unchanged
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema), use_buffers=True)
     start_epoch, history, best = 0, [], -float("inf")
     run_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -382,6 +387,10 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
         ck = read_checkpoint(last_path)
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            if "ema_state_dict" not in ck:
+                raise ConfigError(f"--resume: {last_path} was trained without train.ema; cannot resume with it")
+            ema.load_state_dict(ck["ema_state_dict"])
         start_epoch, history, best = ck["epoch"], json.loads(ck["history"]), ck["best_score"]
         log(f"resuming from epoch {start_epoch}")
 
@@ -439,13 +448,16 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 loss_sum += loss.item()
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs} loss {loss.item():.3f}")
             epoch_s = time.time() - t0
             entry = {"epoch": epoch + 1, "loss": loss_sum / tc.steps_per_epoch, "seconds": epoch_s}
             if rank == 0:
+                final = model if ema is None else ema.module  # the weights that are evaluated and shipped
                 if val:
-                    rep = evaluate_beats(model, val, spec, tc.seq_len)
+                    rep = evaluate_beats(final, val, spec, tc.seq_len)
                     score = selection_score(rep, tc.select_metric)
                     g_ = rep["gross"]
                     entry.update(val_accuracy=rep["accuracy"], val_jk=rep["jk"], val_score=score,
@@ -459,10 +471,14 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 best = max(best, score)
                 extra = {**extra_common, "epoch": epoch + 1, "history": json.dumps(history), "best_score": best}
                 if is_best:
-                    save_checkpoint(best_path, model, encoder=cfg.model.name, params=params, extra=extra,
+                    save_checkpoint(best_path, final, encoder=cfg.model.name, params=params, extra=extra,
                                     dtype=tc.weights_dtype)
+                resume_state = {"optimizer": opt.state_dict()}
+                if ema is not None:
+                    resume_state["ema_state_dict"] = ema.state_dict()
+                # last.pt holds the raw (un-averaged) weights: what training resumes from
                 save_checkpoint(last_path, model, encoder=cfg.model.name, params=params,
-                                extra={**extra, "optimizer": opt.state_dict()})
+                                extra={**extra, **resume_state})
                 _write_history(run_dir, history)
                 log(_epoch_line(entry) + (" *" if is_best else ""))
             if world > 1:
