@@ -377,3 +377,29 @@ def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_co
     assert a == [test for _, test in patient_kfold(records, 2, 1)] and "fold seed 1" in rep_a["model"]
     # without it the config seed shuffles the folds, and these seeds give other folds
     assert [t for _, t in patient_kfold(records, 2, 3)] != a != [t for _, t in patient_kfold(records, 2, 4)]
+
+
+def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp_path, capsys):
+    """--checkpoint last.pt: the raw weights of an EMA run reproduce the same recipe without EMA, fold for fold."""
+    import importlib.util
+
+    from ecgkit.evaluate import kfold
+
+    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    records = ["100", "105", "119"]
+    tiny_train = {**TINY["train"], "epochs": 1, "steps_per_epoch": 3}
+    data = {**TINY["data"], "val": []}
+    plain = kfold(load_config(tiny_config(data=data, train=tiny_train)), k=2, data=data_dir,
+                  out_dir=tmp_path / "plain", show_progress=False, records=records)
+    ema = kfold(load_config(tiny_config(data=data, train={**tiny_train, "ema": 0.5})), k=2, data=data_dir,
+                out_dir=tmp_path / "ema", show_progress=False, records=records)
+    capsys.readouterr()
+    mod.main([str(tmp_path / "ema"), "--data", str(data_dir), "--checkpoint", "last.pt"])
+    raw_row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ema")][0]
+    assert raw_row.split("|")[2:] == mod.report_row("x", plain).split("|")[2:]
+    mod.main([str(tmp_path / "ema"), "--data", str(data_dir)])  # default best.pt: the averaged weights
+    avg_row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ema")][0]
+    assert avg_row.split("|")[2:] == mod.report_row("x", ema).split("|")[2:]
+    assert avg_row != raw_row  # the two checkpoints classify differently, so the comparisons above can fail
