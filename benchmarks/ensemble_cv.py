@@ -1,7 +1,7 @@
 """Would a seed ensemble help? Pool the held-out predictions of several DS1 cross-validation runs.
 
     ecgkit evaluate --protocol kfold --split DS1 --folds 4 --config CONFIG --out RUN   # once per seed
-    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--checkpoint last.pt]
+    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--markdown] [--checkpoint last.pt]
 
 Each RUN is the ``--out`` directory of one ``ecgkit evaluate --protocol kfold`` run (its
 ``kfold/fold*/best.pt`` checkpoints record which patients each fold held out). Every

@@ -62,6 +62,32 @@ def _weights(path):
     return read_checkpoint(path)["state_dict"]
 
 
+def _interrupt_after_first_epoch(train_mod, cfg, run_dir, data_dir, monkeypatch):
+    """Run ``train`` until its first ``last.pt`` is written, then stop it as a kill during epoch 2 would."""
+    real_save = train_mod.save_checkpoint
+
+    def save_then_die(path, *a, **k):
+        out = real_save(path, *a, **k)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, run_dir=run_dir, show_progress=False, log=lambda m: None, data_dir=data_dir)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] == 1
+
+
+def _ensemble_cv_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_resume_after_interruption_gives_identical_weights(data_dir, tiny_config, monkeypatch):
     from ecgkit import train as train_mod
 
@@ -72,22 +98,7 @@ def test_resume_after_interruption_gives_identical_weights(data_dir, tiny_config
 
     # interrupt run B right after the first epoch's checkpoint, as a kill during epoch 2 would
     run_b = Path(cfg.run_dir + "_b")
-    real_save = train_mod.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die(path, *a, **k):
-        out = real_save(path, *a, **k)
-        if Path(path).name == "last.pt":
-            calls["n"] += 1
-            if calls["n"] == 1:
-                raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(cfg, run_dir=run_b, show_progress=False, log=lambda m: None, data_dir=data_dir)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    assert read_checkpoint(run_b / "last.pt")["epoch"] == 1
+    _interrupt_after_first_epoch(train_mod, cfg, run_b, data_dir, monkeypatch)
     train_mod.train(cfg, run_dir=run_b, resume=True, show_progress=False, log=lambda m: None, data_dir=data_dir)
 
     wa, wb = _weights(run_a / "last.pt"), _weights(run_b / "last.pt")
@@ -235,13 +246,9 @@ def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_p
 
 
 def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys):
-    import importlib.util
-
     from ecgkit.evaluate import kfold
 
-    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _ensemble_cv_module()
     records = ["100", "105", "119"]
     reports = []
     for seed in (3, 4):  # two differently seeded runs (other folds, other weights)
@@ -321,19 +328,7 @@ def test_ema_resume_and_bad_decay(data_dir, tiny_config, tmp_path, monkeypatch):
     train_mod.train(cfg, run_dir=run_a, show_progress=False, log=lambda m: None, data_dir=data_dir)
     # interrupt run B after the first epoch's checkpoint, then resume it: same raw and averaged weights
     run_b = Path(cfg.run_dir + "_b")
-    real_save = train_mod.save_checkpoint
-
-    def save_then_die(path, *a, **k):
-        out = real_save(path, *a, **k)
-        if Path(path).name == "last.pt":
-            raise KeyboardInterrupt
-        return out
-
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.train(cfg, run_dir=run_b, show_progress=False, log=lambda m: None, data_dir=data_dir)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
-    assert read_checkpoint(run_b / "last.pt")["epoch"] == 1
+    _interrupt_after_first_epoch(train_mod, cfg, run_b, data_dir, monkeypatch)
     train_mod.train(cfg, run_dir=run_b, resume=True, show_progress=False, log=lambda m: None, data_dir=data_dir)
     for name in ("last.pt", "best.pt"):
         wa, wb = _weights(run_a / name), _weights(run_b / name)
@@ -357,6 +352,7 @@ def test_ema_resume_and_bad_decay(data_dir, tiny_config, tmp_path, monkeypatch):
 def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_config, tmp_path):
     import json
 
+    from ecgkit.datasets.mitdb import patient_kfold
     from ecgkit.evaluate import kfold
 
     records = ["100", "101", "105", "119", "208", "209"]
@@ -369,8 +365,6 @@ def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_co
         cks = [read_checkpoint(f / "best.pt") for f in sorted((tmp_path / name / "kfold").iterdir())]
         return [tuple(json.loads(c["config"])["data"]["test"]) for c in cks], [c["seed"] for c in cks], rep
 
-    from ecgkit.datasets.mitdb import patient_kfold
-
     a, seeds_a, rep_a = folds(3, 1, "a")
     b, seeds_b, _ = folds(4, 1, "b")
     assert a == b and seeds_a == [3, 3] and seeds_b == [4, 4]    # same patients per fold, other training seed
@@ -381,13 +375,9 @@ def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_co
 
 def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp_path, capsys):
     """--checkpoint last.pt: the raw weights of an EMA run reproduce the same recipe without EMA, fold for fold."""
-    import importlib.util
-
     from ecgkit.evaluate import kfold
 
-    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _ensemble_cv_module()
     records = ["100", "105", "119"]
     tiny_train = {**TINY["train"], "epochs": 1, "steps_per_epoch": 3}
     data = {**TINY["data"], "val": []}

@@ -64,7 +64,7 @@ def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | No
         "state_dict": state,
         "weights_dtype": dtype,
         "ecgkit_version": __version__,
-        **{k: (v if k in ("optimizer", "ema_state_dict") else _plain(v)) for k, v in (extra or {}).items()},
+        **{k: (v if k == "optimizer" else _plain(v)) for k, v in (extra or {}).items()},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
