@@ -393,3 +393,60 @@ def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp
     avg_row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ema")][0]
     assert avg_row.split("|")[2:] == mod.report_row("x", ema).split("|")[2:]
     assert avg_row != raw_row  # the two checkpoints classify differently, so the comparisons above can fail
+
+
+def test_kfold_resume_ends_as_an_uninterrupted_run(data_dir, tiny_config, tmp_path, monkeypatch):
+    """An interrupted k-fold run continues fold by fold: the finished fold is only re-scored,
+    the unfinished one resumes from its last.pt, and the report and weights equal an uninterrupted run's."""
+    import json
+
+    from ecgkit import train as train_mod
+    from ecgkit.errors import ConfigError
+    from ecgkit.evaluate import kfold
+
+    records = ["100", "105", "119"]
+    cfg_path = tiny_config(data={**TINY["data"], "val": []}, train={**TINY["train"], "epochs": 2, "steps_per_epoch": 2})
+    run = lambda out, **kw: kfold(load_config(cfg_path), k=2, data=data_dir, out_dir=out,  # noqa: E731
+                                  show_progress=False, records=records, **kw)
+    whole = run(tmp_path / "whole")
+
+    real_save = train_mod.save_checkpoint
+
+    def die_in_fold2(path, *a, **k):  # killed in fold 2, after its first epoch was saved
+        out = real_save(path, *a, **k)
+        if Path(path).parent.name == "fold2" and Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", die_in_fold2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut")
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    folds = tmp_path / "cut" / "kfold"
+    assert read_checkpoint(folds / "fold1" / "last.pt")["epoch"] == 2
+    assert read_checkpoint(folds / "fold2" / "last.pt")["epoch"] == 1
+    fold1_mtime = (folds / "fold1" / "last.pt").stat().st_mtime_ns
+
+    resumed = run(tmp_path / "cut", resume=True)
+    assert (folds / "fold1" / "last.pt").stat().st_mtime_ns == fold1_mtime  # the finished fold was not retrained
+    for f in ("fold1", "fold2"):
+        wa, wb = _weights(tmp_path / "whole" / "kfold" / f / "last.pt"), _weights(folds / f / "last.pt")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), f
+    same = lambda key: json.dumps(resumed[key], sort_keys=True) == json.dumps(whole[key], sort_keys=True)  # noqa: E731
+    assert same("confusion_matrix") and same("per_record") and same("gross")  # (json: nan == nan)
+
+    # another recipe in the same directory is refused, not mixed in
+    other = tiny_config(data={**TINY["data"], "val": []}, train={**TINY["train"], "epochs": 2, "steps_per_epoch": 2,
+                                                               "lr": 0.01})
+    with pytest.raises(ConfigError, match="another config or fold assignment"):
+        kfold(load_config(other), k=2, data=data_dir, out_dir=tmp_path / "cut", show_progress=False,
+              records=records, resume=True)
+
+
+def test_cli_resume_is_for_kfold_only(data_dir):
+    from click.testing import CliRunner
+
+    from ecgkit.cli import cli
+
+    res = CliRunner().invoke(cli, ["evaluate", "--resume", "--records", "100", "--data", str(data_dir)])
+    assert res.exit_code == 2 and "--resume applies to --protocol kfold only" in res.output

@@ -223,10 +223,12 @@ def export(model, fmt, out):
 @click.option("--fold-seed", type=int, default=None,
               help="Seed that assigns patients to folds for --protocol kfold (default: the config's seed). "
                    "Fix it to compare training seeds or recipes on the same folds.")
+@click.option("--resume", is_flag=True,
+              help="--protocol kfold: continue an interrupted run in --out (each fold from its last.pt).")
 @lead_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Write report.json, report.md and confusion_matrix.png here.")
-def evaluate(model, data, split, records, segmenter, protocol, config_path, folds, fold_seed, lead, out):
+def evaluate(model, data, split, records, segmenter, protocol, config_path, folds, fold_seed, resume, lead, out):
     """AAMI EC57 evaluation: per-class Se, +P, FPR, F1, accuracy, kappa, jk, per-record table."""
     from .evaluate import evaluate as run_eval
     from .evaluate import markdown
@@ -246,8 +248,10 @@ def evaluate(model, data, split, records, segmenter, protocol, config_path, fold
             if split not in SPLITS:
                 raise click.UsageError(f"--protocol kfold: unknown split {split!r} (choose from {', '.join(SPLITS)})")
             names = SPLITS[split]
-        report = kfold(load_config(config_path), folds, data, out, records=names, fold_seed=fold_seed)
+        report = kfold(load_config(config_path), folds, data, out, records=names, fold_seed=fold_seed, resume=resume)
     else:
+        if resume:
+            raise click.UsageError("--resume applies to --protocol kfold only")
         report = run_eval(model, list(records) if records else [split], data, segmenter, lead, out)
     click.echo(markdown(report))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import resolve_records
+from .errors import ConfigError
 from .datasets.mitdb import AAMI_CLASSES, reference_beats
 from .inference import predict_log_proba, prepare_record
 from .io import atomic_write, read_annotations, read_record
@@ -143,7 +144,7 @@ __all__ = ["classify_records", "evaluate", "markdown", "summary_line", "write_re
 
 
 def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, records=None,
-          fold_seed: int | None = None) -> dict:
+          fold_seed: int | None = None, resume: bool = False) -> dict:
     """Patient-wise k-fold: train ``cfg`` on k-1 folds, evaluate on the held-out fold, pool the beats.
 
     Every non-paced record is tested exactly once, by a model that never saw its patient.
@@ -155,9 +156,15 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, 
     ``fold_seed`` (default: ``cfg.seed``) shuffles the patients into folds (and picks the
     validation patients). Fixing it while varying ``cfg.seed`` measures the spread due to
     training alone, with the same patients in every fold.
+
+    ``resume``: a fold whose directory holds a ``last.pt`` continues from it (a finished fold
+    is only re-scored), so an interrupted cross-validation ends as an uninterrupted one would.
+    The checkpoint must come from the same recipe and fold (same config), or it is an error.
     """
     import copy
+    from dataclasses import asdict
 
+    from .checkpoint import read_checkpoint
     from .datasets.mitdb import SPLITS, patient_kfold
     from .models import load_any_model
     from .train import train
@@ -172,7 +179,22 @@ def kfold(cfg, k: int = 5, data=None, out_dir=None, show_progress: bool = True, 
         c.data.train = list(train_recs)
         c.data.val = sorted(rng.choice(train_recs, n_val, replace=False).tolist())
         c.data.test = list(test_recs)
-        best = train(c, run_dir=base / f"fold{i + 1}", data_dir=data, show_progress=show_progress)
+        fold_dir = base / f"fold{i + 1}"
+        member = copy.deepcopy(c)  # what the first checkpoint of the fold was trained with
+        if c.train.ensemble > 1:   # train_ensemble: member 1 = the config with ensemble 1, float32
+            member.train.ensemble, member.train.weights_dtype = 1, "float32"
+        last = fold_dir / ("member1" if c.train.ensemble > 1 else "") / "last.pt"
+        if resume and last.is_file():
+            ck = read_checkpoint(last)
+            if json.loads(ck["config"]) != json.loads(json.dumps(asdict(member))):
+                raise ConfigError(f"--resume: {last} was trained with another config or fold assignment "
+                                  "(same --config, --folds and --fold-seed needed)")
+            if c.train.ensemble == 1 and ck["epoch"] >= c.train.epochs and (fold_dir / "best.pt").is_file():
+                best = fold_dir / "best.pt"  # finished: score it again, train nothing
+            else:
+                best = train(c, run_dir=fold_dir, resume=True, data_dir=data, show_progress=show_progress)
+        else:
+            best = train(c, run_dir=fold_dir, data_dir=data, show_progress=show_progress)
         model, spec, _ = load_any_model(str(best))
         y, p, r, _ = classify_records(model, spec, resolve_records(list(test_recs), data), "reference")
         ys.append(y); ps.append(p); rs.append(r)
