@@ -175,6 +175,9 @@ def test_export_onnx_loads_in_onnx(fp32_ckpt, tmp_path):
     assert [i.name for i in proto.graph.input] == ["windows", "rr"]
     _, _, info = load_any_model(str(out))  # the fp32 ONNX file is accepted too
     assert info["precision"] == "fp32"
+    from ecgkit.checkpoint import read_checkpoint
+
+    assert info["environment"] == read_checkpoint(fp32_ckpt)["environment"]  # training versions kept in the ONNX file
 
 
 def _one_line_error(result, *fragments):

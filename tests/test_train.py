@@ -126,6 +126,13 @@ def test_training_writes_run_directory(data_dir, tiny_config):
     ck = read_checkpoint(run / "best.pt")
     assert ck["input_spec"]["classes"] == ["N", "S", "V", "F", "Q"]
     assert ck["seed"] == 3 and "optimizer" not in ck
+    # the library versions the weights depend on travel with them
+    import numpy
+    import scipy
+    import wfdb
+    assert ck["environment"]["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+    assert (ck["environment"]["numpy"], ck["environment"]["scipy"]) == (numpy.__version__, scipy.__version__)
+    assert ck["environment"]["wfdb"] == wfdb.__version__ and ck["environment"]["python"].count(".") == 2
     hist = __import__("json").loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2] and all("val_jk" in h for h in hist)
     # resume without a checkpoint is a clear error

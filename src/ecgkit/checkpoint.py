@@ -2,7 +2,8 @@
 
 A checkpoint carries the model's input contract beside its weights (timm's
 pretrained-config habit): encoder name and parameters, sampling rate, window,
-channels, class list, the training config, seed, ecgkit version and licence.
+channels, class list, the training config, seed, ecgkit version, the versions of the
+libraries that shape training (``environment``) and licence.
 Loading always uses ``torch.load(weights_only=True)``: no pickled code runs.
 """
 
@@ -41,6 +42,24 @@ def _plain(x):
     return x
 
 
+def environment() -> dict:
+    """Versions of what a trained checkpoint depends on beyond its config and seed.
+
+    The same config and seed train to other weights under other numpy/scipy/wfdb/torch
+    builds (filters, resampling and kernels differ in the last bits), so a checkpoint records them.
+    """
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
+    for dist in ("torch", "numpy", "scipy", "wfdb"):
+        try:
+            env[dist] = version(dist)
+        except PackageNotFoundError:  # pragma: no cover - all are requirements
+            env[dist] = None
+    return env
+
+
 def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None,
                     dtype: str = "float32") -> Path:
     """Write a checkpoint atomically (temp file, then rename).
@@ -64,6 +83,7 @@ def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | No
         "state_dict": state,
         "weights_dtype": dtype,
         "ecgkit_version": __version__,
+        "environment": environment(),
         **{k: (v if k == "optimizer" else _plain(v)) for k, v in (extra or {}).items()},
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))

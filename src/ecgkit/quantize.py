@@ -88,8 +88,9 @@ def load_fp32(model_ref: str):
 
 
 def model_info(src: dict, *, params: bool = False, **extra) -> dict:
-    """A model's ``info``: encoder, epoch, seed and ecgkit version read from ``src`` (a checkpoint dict or
-    the info stored in an ONNX file), the encoder parameters too with ``params=True``, then ``extra``.
+    """A model's ``info``: encoder, epoch, seed, ecgkit version and training environment read from
+    ``src`` (a checkpoint dict or the info stored in an ONNX file), the encoder parameters too with
+    ``params=True``, then ``extra``.
 
     The one place these dicts are built: the info stored in an ONNX file and the one
     :func:`load_onnx_model` returns.
@@ -97,7 +98,8 @@ def model_info(src: dict, *, params: bool = False, **extra) -> dict:
     info = {"encoder": src.get("encoder")}
     if params:
         info["params"] = src.get("params", {})
-    info.update(epoch=src.get("epoch"), seed=src.get("seed"), ecgkit_version=src.get("ecgkit_version"))
+    info.update(epoch=src.get("epoch"), seed=src.get("seed"), ecgkit_version=src.get("ecgkit_version"),
+                environment=src.get("environment"))
     info.update(extra)
     return info
 
