@@ -34,7 +34,7 @@ from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
 from ecgkit.evaluate import match_to_reference  # noqa: E402
 from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import read_annotations, read_record  # noqa: E402
-from ecgkit.metrics import ec57_report  # noqa: E402
+from ecgkit.metrics import MISSED, ec57_report  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.registry import create  # noqa: E402
 from ecgkit.segment import detect_beats  # noqa: E402
@@ -58,6 +58,45 @@ def report_row(name: str, rep: dict) -> str:
     return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
 
 
+def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt"):
+    """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
+
+    Each record is classified, in each run, by the fold model that never saw its patient (as
+    ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
+    the first run that held it out. Reference beats without a detection get a row of NaN.
+    """
+    maps = [held_out_models(r, checkpoint) for r in runs]
+    records = sorted(set(maps[0]).intersection(*maps[1:]))
+    paths = dict(zip(records, resolve_records(records, data)))
+    cache: dict[str, tuple] = {}
+    detector = create("segmenters", "reference")
+    ys, rs, fs, each = [], [], [], [[] for _ in maps]
+    for rec in records:
+        r = read_record(paths[rec])
+        ref_samples, labels = reference_beats(*read_annotations(r.path, "atr"))
+        peaks = detect_beats(detector, r)
+        idx = match_to_reference(ref_samples, peaks, np.arange(peaks.size), int(round(0.15 * r.fs)))[0]
+        for i, m in enumerate(maps):
+            if m[rec] not in cache:
+                cache[m[rec]] = load_any_model(m[rec])
+            model, spec, _ = cache[m[rec]]
+            lp = predict_log_proba(model, prepare_record(r, peaks, spec), spec)
+            out = np.full((labels.size, lp.shape[1]), np.nan)
+            out[idx >= 0] = lp[idx[idx >= 0]]
+            each[i].append(out)
+        ys.append(labels)
+        rs.append(np.full(labels.size, rec))
+        fs.append(np.full(labels.size, Path(maps[0][rec]).parent.name))
+    return np.concatenate(ys), np.concatenate(rs), np.concatenate(fs), [np.concatenate(e) for e in each]
+
+
+def decide(log_probs: np.ndarray) -> np.ndarray:
+    """Class per beat (argmax); a beat with no detection (NaN row) is ``MISSED``."""
+    pred = np.nan_to_num(log_probs, nan=-np.inf).argmax(1)
+    pred[np.isnan(log_probs).all(1)] = MISSED
+    return pred
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="--out directories of `ecgkit evaluate --protocol kfold` runs")
@@ -67,39 +106,17 @@ def main(argv=None) -> None:
                     help="file scored in each kfold/fold*/ (last.pt = raw weights of an EMA run)")
     args = ap.parse_args(argv)
 
-    maps = [held_out_models(r, args.checkpoint) for r in args.runs]
-    records = sorted(set(maps[0]).intersection(*maps[1:]))
-    paths = dict(zip(records, resolve_records(records, args.data)))
-    cache: dict[str, tuple] = {}
-    detector = create("segmenters", "reference")
-    ys, rs, each, ens = [], [], [[] for _ in maps], []
-    for rec in records:  # as evaluate.classify_records with the reference segmenter, keeping log-probabilities
-        r = read_record(paths[rec])
-        ref_samples, labels = reference_beats(*read_annotations(r.path, "atr"))
-        peaks = detect_beats(detector, r)
-        tol = int(round(0.15 * r.fs))
-        lps = []
-        for i, m in enumerate(maps):
-            if m[rec] not in cache:
-                cache[m[rec]] = load_any_model(m[rec])
-            model, spec, _ = cache[m[rec]]
-            lp = predict_log_proba(model, prepare_record(r, peaks, spec), spec)
-            lps.append(lp)
-            each[i].append(match_to_reference(ref_samples, peaks, lp.argmax(1), tol)[0])
-        ens.append(match_to_reference(ref_samples, peaks, np.mean(lps, axis=0).argmax(1), tol)[0])
-        ys.append(labels)
-        rs.append(np.full(labels.size, rec))
-    y, rr = np.concatenate(ys), np.concatenate(rs)
+    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint)
 
-    def row(name, pred):
-        return report_row(name, ec57_report(y, np.concatenate(pred), rr))
+    def row(name, lp):
+        return report_row(name, ec57_report(y, decide(lp), rr))
 
-    print(f"{len(records)} records, {y.size:,} beats; each scored only by models that held its patient out.\n")
+    print(f"{len(set(rr))} records, {y.size:,} beats; each scored only by models that held its patient out.\n")
     print("| run | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")
     print("|---|---|---|---|---|")
-    for run, pred in zip(args.runs, each):
-        print(row(Path(run).name, pred))
-    print(row(f"**ensemble of {len(maps)}** (mean log-probability)", ens))
+    for run, lp in zip(args.runs, each):
+        print(row(Path(run).name, lp))
+    print(row(f"**ensemble of {len(each)}** (mean log-probability)", np.mean(each, axis=0)))
 
 
 if __name__ == "__main__":

@@ -231,7 +231,8 @@ def shipped_int8(tmp_path_factory, data_dir):
         pytest.skip("the shipped model (plugin ecgkit-transnet) is not installed")
     calib = [r for r in DS1 if r not in AGREE]  # beats the agreement is measured on never calibrate
     out = tmp_path_factory.mktemp("shipped") / "transnet.int8.onnx"
-    return Path(quantize("transnet", out, data=data_dir, calib_records=calib, calib_beats=1024))
+    # 2048 beats, the `ecgkit quantize` default: 8 sequences of 256 beats, from 8 of the records
+    return Path(quantize("transnet", out, data=data_dir, calib_records=calib, calib_beats=2048))
 
 
 @needs_onnx
@@ -252,9 +253,9 @@ def test_int8_of_the_shipped_model_agrees_with_fp32(shipped_int8, record, data_d
     p8 = predict_log_proba(m8, prep, spec8)
     a32, a8 = p32.argmax(-1), p8.argmax(-1)
     assert (a8 == a32).mean() > 0.99
-    # measured: under 0.005 for the second release's raw-weight ensemble; 0.023 (119) and 0.007 (209) for
-    # the weight-averaged third release, whose int8 probabilities drift more (classes still agree > 99 %)
-    assert np.abs(np.exp(p8) - np.exp(p32)).mean() < 0.04
+    # measured for the weight-averaged third release: 0.0017 (119) and 0.0014 (209). Calibrated on 1024
+    # beats (4 sequences, so 4 records) the activation ranges missed 119's extremes: 0.023 / 0.007
+    assert np.abs(np.exp(p8) - np.exp(p32)).mean() < 0.01
     for c in ("S", "V"):  # the minority classes the model is for keep their labels too
         k = spec32["classes"].index(c)
         if (a32 == k).sum() >= 50:

@@ -79,10 +79,10 @@ def _interrupt_after_first_epoch(train_mod, cfg, run_dir, data_dir, monkeypatch)
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == 1
 
 
-def _ensemble_cv_module():
+def _benchmark_module(name: str = "ensemble_cv"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -255,7 +255,7 @@ def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_p
 def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys):
     from ecgkit.evaluate import kfold
 
-    mod = _ensemble_cv_module()
+    mod = _benchmark_module()
     records = ["100", "105", "119"]
     reports = []
     for seed in (3, 4):  # two differently seeded runs (other folds, other weights)
@@ -288,6 +288,21 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     assert rows[2].split("|")[2:] == mod.report_row("x", expected).split("|")[2:]
     with pytest.raises(SystemExit, match="no kfold"):
         mod.main([str(tmp_path)])
+
+    # decision_bias.py on the same runs: with only b = 0 on the grid, every row is the ensemble's
+    bias = _benchmark_module("decision_bias")
+    runs = [str(tmp_path / "kf3"), str(tmp_path / "kf4"), "--data", str(data_dir)]
+    capsys.readouterr()
+    bias.main(runs + ["--grid=0:0:1"])
+    rows = [ln.split("|")[2:] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| b =") or
+            ln.startswith("| cross")]
+    assert len(rows) == 3 and all(r == mod.report_row("x", expected).split("|")[2:] for r in rows)
+    # a prior of exp(-50) on S: no beat is called S any more, so S has no +P and zero Se
+    bias.main(runs + ["--grid=-50:-50:1"])
+    out = capsys.readouterr().out
+    assert "chosen on all DS1 folds: b = -50.0" in out
+    crossed = [ln for ln in out.splitlines() if ln.startswith("| cross")][0]
+    assert crossed.split("|")[3].strip().startswith("0.0 / nan")
 
 
 def test_ema_is_the_average_of_the_raw_trajectory_and_leaves_it_unchanged(data_dir, tiny_config, monkeypatch):
@@ -384,7 +399,7 @@ def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp
     """--checkpoint last.pt: the raw weights of an EMA run reproduce the same recipe without EMA, fold for fold."""
     from ecgkit.evaluate import kfold
 
-    mod = _ensemble_cv_module()
+    mod = _benchmark_module()
     records = ["100", "105", "119"]
     tiny_train = {**TINY["train"], "epochs": 1, "steps_per_epoch": 3}
     data = {**TINY["data"], "val": []}
@@ -457,3 +472,20 @@ def test_cli_resume_is_for_kfold_only(data_dir):
 
     res = CliRunner().invoke(cli, ["evaluate", "--resume", "--records", "100", "--data", str(data_dir)])
     assert res.exit_code == 2 and "--resume applies to --protocol kfold only" in res.output
+
+
+def test_decision_bias_choice_is_the_best_f1_nearest_zero():
+    """The S offset with the highest SVEB F1 wins; among equal ones, the smallest change."""
+    bias = _benchmark_module("decision_bias")
+    # four N beats, two S beats; S is the runner-up in beat 4 (an S) and in beat 2 (an N)
+    lp = np.log(np.array([[.9, .1, 0, 0, 0], [.6, .4, 0, 0, 0], [.9, .1, 0, 0, 0],
+                          [.55, .45, 0, 0, 0], [.3, .7, 0, 0, 0], [.9, .1, 0, 0, 0]]) + 1e-12)
+    y = np.array([0, 0, 0, 1, 1, 0])
+    rec = np.array(["a"] * 6)
+    grid = bias.parse_grid("-1:1:0.1")
+    assert len(grid) == 21 and grid[10] == 0
+    # b in (log(.55/.45), log(.6/.4)) = (0.20, 0.41) finds both S beats and no N: F1 1; 0.3 is the only grid point
+    assert bias.choose(y, lp, rec, grid) == pytest.approx(0.3)
+    # without beat 4 every b in [-0.8, 0.2] is perfect: the nearest 0 is chosen
+    keep = np.arange(6) != 3
+    assert bias.choose(y[keep], lp[keep], rec[keep], grid) == 0.0
