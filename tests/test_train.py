@@ -489,3 +489,8 @@ def test_decision_bias_choice_is_the_best_f1_nearest_zero():
     # without beat 4 every b in [-0.8, 0.2] is perfect: the nearest 0 is chosen
     keep = np.arange(6) != 3
     assert bias.choose(y[keep], lp[keep], rec[keep], grid) == 0.0
+    # an offset on V, chosen for jk: a V beat whose runner-up is V is found from b > log(.6/.4) = 0.41
+    lp_v = np.vstack([lp, np.log(np.array([[.6, 0, .4, 0, 0]]) + 1e-12)])
+    y_v, rec_v = np.append(y, 2), np.append(rec, "a")
+    assert bias.choose(y_v, lp_v, rec_v, grid, cls="V", metric="jk") == pytest.approx(0.5)
+    assert bias.score(y_v, lp_v, rec_v, 0.5, "V", "jk") > bias.score(y_v, lp_v, rec_v, 0.0, "V", "jk")
