@@ -150,3 +150,49 @@ def test_ventricular_shape_changes_only_v_beats(data_dir):
                 if float((W2[b, yy[b] == 2, 68] * W[b, yy[b] == 2, 68]).mean()) < 0]
     assert inverted and len(inverted) < int(seqs.sum())          # polarity flipped in some, not all
     assert torch.equal(ventricular_shape(W, yy, torch.Generator().manual_seed(0), 0.0, 68), W)
+
+
+def test_ventricular_ectopy_gives_synthetic_ectopy_beats_a_donor_v_shape(data_dir, batch):
+    """Premature beats of rewritten sequences become V with one real V window (record 119's) each;
+    sinus beats, RR and the sequences synthetic_ectopy left alone do not change."""
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.train import ventricular_ectopy
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "119"))
+    s, sym = read_annotations(rec.path, "atr")
+    samples, labels = reference_beats(s, sym)
+    pool = torch.from_numpy(prepare_record(rec, samples, spec, margin=4)["W"][labels == 2][:50])
+    rr, y = batch[0].clone(), batch[1].clone()
+    rr2, y2, sel = synthetic_ectopy(rr, y, torch.Generator().manual_seed(0), p=1.0)
+    W = torch.randn(len(y2), T, pool.shape[1])
+    W_in, y_in = W.clone(), y2.clone()
+    g = torch.Generator().manual_seed(5)
+    W3, y3 = ventricular_ectopy(W, y2, sel, g, 0.5, pool)
+    assert torch.equal(W, W_in) and torch.equal(y2, y_in)  # inputs not modified in place
+    turned = (y3 == 2).any(1)
+    assert 0 < int(turned.sum()) < int(sel.sum())          # about half of the rewritten sequences
+    assert not turned[~sel].any()                          # never a sequence synthetic_ectopy left alone
+    for b in range(len(y2)):
+        ect = y2[b] == 1
+        if turned[b]:
+            assert torch.equal(y3[b][ect], torch.full((int(ect.sum()),), 2))
+            donor = W3[b][ect]
+            assert (donor == donor[0]).all() and (pool == donor[0]).all(1).any()  # one pool window, all beats
+            assert torch.equal(W3[b][~ect], W[b][~ect]) and torch.equal(y3[b][~ect], y2[b][~ect])
+        else:
+            assert torch.equal(W3[b], W[b]) and torch.equal(y3[b], y2[b])
+    state = g.get_state()
+    W4, y4 = ventricular_ectopy(W, y2, sel, g, 0.0, pool)   # off at 0, drawing nothing
+    assert torch.equal(W4, W) and torch.equal(y4, y2) and torch.equal(g.get_state(), state)
+
+
+def test_ventricular_ectopy_must_be_a_probability(tmp_path):
+    from ecgkit.config import load_config
+    from ecgkit.errors import ConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  augment:\n    ventricular_ectopy: 1.5\n")
+    with pytest.raises(ConfigError, match="ventricular_ectopy.*probability"):
+        load_config(p)

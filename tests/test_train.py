@@ -494,3 +494,18 @@ def test_decision_bias_choice_is_the_best_f1_nearest_zero():
     y_v, rec_v = np.append(y, 2), np.append(rec, "a")
     assert bias.choose(y_v, lp_v, rec_v, grid, cls="V", metric="jk") == pytest.approx(0.5)
     assert bias.score(y_v, lp_v, rec_v, 0.5, "V", "jk") > bias.score(y_v, lp_v, rec_v, 0.0, "V", "jk")
+
+
+def test_ventricular_ectopy_trains_and_changes_only_what_it_should(data_dir, tiny_config, tmp_path):
+    """train.augment.ventricular_ectopy feeds training (other weights) and, at 0, leaves the recipe bit-identical."""
+    from ecgkit.train import train
+
+    data = {**TINY["data"], "val": []}
+    aug = {"synthetic_ectopy": 1.0}
+    runs = {}
+    for name, extra in (("off", {}), ("zero", {"ventricular_ectopy": 0.0}), ("on", {"ventricular_ectopy": 1.0})):
+        cfg = load_config(tiny_config(data=data, train={**TINY["train"], "epochs": 1, "augment": {**aug, **extra}}))
+        runs[name] = _weights(train(cfg, run_dir=tmp_path / name, data_dir=data_dir, show_progress=False,
+                                    log=lambda m: None))
+    assert all(torch.equal(runs["off"][k], runs["zero"][k]) for k in runs["off"])
+    assert any(not torch.equal(runs["off"][k], runs["on"][k]) for k in runs["off"] if runs["off"][k].is_floating_point())

@@ -56,6 +56,7 @@ class AugmentConfig:
     af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
     ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
+    ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
 
 
 @dataclass
@@ -204,6 +205,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
+    for name in ("synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af"):
+        if not 0.0 <= getattr(t.augment, name) <= 1.0:
+            raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
+                              f"got {getattr(t.augment, name)}")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"config key 'train.ema' must be a decay in [0, 1) (0 = off), got {t.ema}")
     if t.loss not in ("ce", "focal"):

@@ -265,6 +265,32 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
     return rr, y, sel
 
 
+def ventricular_ectopy(W, y, sel, g: torch.Generator, q: float, pool: torch.Tensor, s_class: int = 1,
+                       v_class: int = 2):
+    """Turn the premature beats of some synthetic-ectopy sequences into ventricular ones.
+
+    ``sel`` marks the sequences :func:`synthetic_ectopy` rewrote (their premature beats are
+    labelled S and keep the patient's own QRS). Each, with probability ``q``, gets one donor
+    V beat drawn from ``pool`` (V windows of the training patients, shape ``(n, L)``): every
+    premature beat of the sequence takes that window (a unifocal PVC) and the label V. The
+    RR series is untouched, so synthetic S and synthetic V beats share one timing
+    distribution and only the shape tells them apart. DS1 cross-validation found V beats in
+    bigeminy called S (record 106: p(S) 0.80 on average): a premature rhythm taught as
+    atrial alone. Returns the new windows and labels.
+    """
+    if q <= 0 or not sel.any() or len(pool) == 0:
+        return W, y
+    W, y = W.clone(), y.clone()
+    for b in sel.nonzero()[:, 0].tolist():
+        if float(torch.rand(1, generator=g)) >= q:
+            continue
+        donor = pool[int(torch.randint(0, len(pool), (1,), generator=g))]
+        ect = y[b] == s_class
+        W[b, ect] = donor.to(W.dtype)
+        y[b, ect] = v_class
+    return W, y
+
+
 def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class: int = 2):
     """Unfamiliar ventricular morphologies: per sequence, with probability ``p``, its V beats are
     inverted (about their window's edge baseline) and widened around R by ``U(1.0, 1.35)``.
@@ -370,6 +396,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
         val = load_beats(val_paths, cfg, spec, 0, adv)
     names = sorted(fit)
     y_all = np.concatenate([fit[n]["y"] for n in names])
+    if tc.augment.ventricular_ectopy > 0:  # donor V beats of the training patients
+        if not {"S", "V"} <= set(spec["classes"]):
+            raise ConfigError("train.augment.ventricular_ectopy needs a model with classes S and V")
+        s_idx, v_idx = list(spec["classes"]).index("S"), list(spec["classes"]).index("V")
+        v_pool = torch.from_numpy(np.concatenate([fit[n]["W"][fit[n]["y"] == v_idx] for n in names]))
     weights = class_weights(y_all, n_classes, tc.class_weight_power, tc.class_weight_cap)
 
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -426,6 +457,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
                     rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
                                                               local_beats)
+                    if tc.augment.ventricular_ectopy > 0:
+                        ect_full = torch.zeros_like(keep)
+                        ect_full[keep.clone()] = ect
+                        W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
+                                                  s_idx, v_idx)
                     keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
                 if tc.augment.synthetic_s > 0:
                     rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
