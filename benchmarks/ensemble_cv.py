@@ -1,7 +1,7 @@
 """Would a seed ensemble help? Pool the held-out predictions of several DS1 cross-validation runs.
 
     ecgkit evaluate --protocol kfold --split DS1 --folds 4 --config CONFIG --out RUN   # once per seed
-    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--markdown] [--checkpoint last.pt]
+    python benchmarks/ensemble_cv.py RUN1 RUN2 [RUN3 ...] [--data DIR] [--markdown] [--checkpoint last.pt] [--adapt-bn]
 
 Each RUN is the ``--out`` directory of one ``ecgkit evaluate --protocol kfold`` run (its
 ``kfold/fold*/best.pt`` checkpoints record which patients each fold held out). Every
@@ -9,6 +9,10 @@ record is classified by, in each run, the fold model that never saw that patient
 ensemble averages those models' per-beat log-probabilities. Prints each run's pooled EC57
 figures (which reproduce that run's ``report.json``) and the ensemble's. DS1 only: this is
 a selection tool, it never touches the test split.
+
+``--adapt-bn`` re-estimates every BatchNorm's statistics on each record's own beats before
+classifying it (AdaBN, unsupervised adaptation to the test patient; tried and not adopted,
+see the README).
 
 ``--checkpoint last.pt`` scores each fold's raw last-epoch weights instead of ``best.pt``:
 with ``train.ema`` and ``data.val: []``, ``best.pt`` is the weight average of the last
@@ -58,7 +62,36 @@ def report_row(name: str, rep: dict) -> str:
     return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
 
 
-def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt"):
+def adapt_batchnorm(model, prep: dict, spec: dict):
+    """A copy of ``model`` whose BatchNorm statistics are those of this record's beats (AdaBN).
+
+    The record's beats are fed once, in consecutive sequences of the model's length, with only
+    the BatchNorm layers in training mode (cumulative average over the sequences); no labels.
+    """
+    import copy
+
+    import torch
+
+    from ecgkit.inference import make_channels
+
+    m = copy.deepcopy(model).eval()
+    bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    W, med, rr = (torch.from_numpy(prep[k]) for k in ("W", "med", "rr"))
+    n = len(rr)
+    T = min(spec.get("seq_len", 64), n)
+    S = spec["before_samples"] + spec["after_samples"]
+    X = make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0]
+    with torch.no_grad():
+        for s in range(0, n - T + 1, T):
+            m(X[s:s + T][None], rr[s:s + T][None])
+    return m.eval()
+
+
+def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
@@ -80,7 +113,8 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt"):
             if m[rec] not in cache:
                 cache[m[rec]] = load_any_model(m[rec])
             model, spec, _ = cache[m[rec]]
-            lp = predict_log_proba(model, prepare_record(r, peaks, spec), spec)
+            prep = prepare_record(r, peaks, spec)
+            lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
             out = np.full((labels.size, lp.shape[1]), np.nan)
             out[idx >= 0] = lp[idx[idx >= 0]]
             each[i].append(out)
@@ -104,9 +138,10 @@ def main(argv=None) -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--checkpoint", default="best.pt",
                     help="file scored in each kfold/fold*/ (last.pt = raw weights of an EMA run)")
+    ap.add_argument("--adapt-bn", action="store_true", help="re-estimate BatchNorm statistics per record (AdaBN)")
     args = ap.parse_args(argv)
 
-    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint)
+    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

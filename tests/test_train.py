@@ -509,3 +509,42 @@ def test_ventricular_ectopy_trains_and_changes_only_what_it_should(data_dir, tin
                                     log=lambda m: None))
     assert all(torch.equal(runs["off"][k], runs["zero"][k]) for k in runs["off"])
     assert any(not torch.equal(runs["off"][k], runs["on"][k]) for k in runs["off"] if runs["off"][k].is_floating_point())
+
+
+def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
+    """ensemble_cv --adapt-bn: BatchNorm statistics become those of the record's beats, on a copy."""
+    from ecgkit.checkpoint import input_spec
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.inference import make_channels, prepare_record
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.registry import create
+
+    mod = _benchmark_module()
+    torch.manual_seed(0)
+    model = create("encoders", "transnet", **TINY["model"]["params"], seq_len=16).eval()
+    spec = input_spec(model)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]  # the stem's: input = conv output
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    preps = {}
+    for name in ("100", "119"):
+        rec = read_record(data_dir / name)
+        preps[name] = prepare_record(rec, reference_beats(*read_annotations(rec.path, "atr"))[0][:160], spec)
+    a = mod.adapt_batchnorm(model, preps["100"], spec)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself is untouched
+    # the stem BatchNorm's mean is the mean of its input over the record's 160 beats (10 sequences of 16)
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    p = preps["100"]
+    S = spec["before_samples"] + spec["after_samples"]
+    W, med, rr = (torch.from_numpy(p[k]) for k in ("W", "med", "rr"))
+    X = make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0]
+    with torch.no_grad():
+        model(X[None], rr[None])
+    hook.remove()
+    a_bn = [m for m in a.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    assert torch.allclose(a_bn.running_mean, seen[0].mean((0, 2)), atol=1e-4)
+    assert not torch.allclose(a_bn.running_var, bn.running_var, rtol=0.05)   # not the stored statistics
+    b = mod.adapt_batchnorm(model, preps["119"], spec)  # another patient, other statistics
+    b_bn = [m for m in b.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
+    assert not torch.allclose(a_bn.running_var, b_bn.running_var, rtol=0.05)
+    assert not a.training and not a_bn.training
