@@ -465,6 +465,27 @@ def test_kfold_resume_ends_as_an_uninterrupted_run(data_dir, tiny_config, tmp_pa
               records=records, resume=True)
 
 
+def test_kfold_resume_of_ensemble_folds(data_dir, tiny_config, tmp_path):
+    """With train.ensemble > 1 each fold's members resume (member 1's config is checked, as train_ensemble
+    writes it: ensemble 1, float32); a finished run resumed gives the same report, another recipe is refused."""
+    import json
+
+    from ecgkit.errors import ConfigError
+    from ecgkit.evaluate import kfold
+
+    records = ["100", "105", "119"]
+    tr = {**TINY["train"], "epochs": 1, "steps_per_epoch": 1, "ensemble": 2, "weights_dtype": "float16"}
+    cfg_path = tiny_config(data={**TINY["data"], "val": []}, train=tr)
+    run = lambda cfg, **kw: kfold(load_config(cfg), k=2, data=data_dir, out_dir=tmp_path / "kf",  # noqa: E731
+                                  show_progress=False, records=records, **kw)
+    first = run(cfg_path)
+    again = run(cfg_path, resume=True)
+    assert json.dumps(again["per_record"], sort_keys=True) == json.dumps(first["per_record"], sort_keys=True)
+    other = tiny_config(data={**TINY["data"], "val": []}, train={**tr, "lr": 0.01})
+    with pytest.raises(ConfigError, match="member1/last.pt was trained with another config"):
+        run(other, resume=True)
+
+
 def test_cli_resume_is_for_kfold_only(data_dir):
     from click.testing import CliRunner
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import resolve_records
-from .errors import ConfigError
 from .datasets.mitdb import AAMI_CLASSES, reference_beats
+from .errors import ConfigError
 from .inference import predict_log_proba, prepare_record
 from .io import atomic_write, read_annotations, read_record
 from .metrics import MISSED, ec57_report, summary_line
