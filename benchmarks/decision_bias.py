@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ensemble_cv import decide, held_out_log_probs, report_row  # noqa: E402
 
+from ecgkit.datasets.mitdb import AAMI_CLASSES as CLASSES  # noqa: E402  (the models' output order)
 from ecgkit.metrics import ec57_report  # noqa: E402
-
-CLASSES = "NSVFQ"  # the AAMI class order of the models' outputs
 
 
 def biased(lp: np.ndarray, b: float, cls: str = "S") -> np.ndarray:

@@ -72,7 +72,7 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
 
     import torch
 
-    from ecgkit.inference import make_channels
+    from ecgkit.inference import record_inputs
 
     m = copy.deepcopy(model).eval()
     bns = [x for x in m.modules() if isinstance(x, torch.nn.modules.batchnorm._BatchNorm)]
@@ -80,11 +80,9 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
-    W, med, rr = (torch.from_numpy(prep[k]) for k in ("W", "med", "rr"))
+    X, rr = record_inputs(prep, spec)
     n = len(rr)
     T = min(spec.get("seq_len", 64), n)
-    S = spec["before_samples"] + spec["after_samples"]
-    X = make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0]
     with torch.no_grad():
         for s in range(0, n - T + 1, T):
             m(X[s:s + T][None], rr[s:s + T][None])

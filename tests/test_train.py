@@ -536,7 +536,7 @@ def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     """ensemble_cv --adapt-bn: BatchNorm statistics become those of the record's beats, on a copy."""
     from ecgkit.checkpoint import input_spec
     from ecgkit.datasets.mitdb import reference_beats
-    from ecgkit.inference import make_channels, prepare_record
+    from ecgkit.inference import prepare_record, record_inputs
     from ecgkit.io import read_annotations, read_record
     from ecgkit.registry import create
 
@@ -555,10 +555,7 @@ def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     # the stem BatchNorm's mean is the mean of its input over the record's 160 beats (10 sequences of 16)
     seen = []
     hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    p = preps["100"]
-    S = spec["before_samples"] + spec["after_samples"]
-    W, med, rr = (torch.from_numpy(p[k]) for k in ("W", "med", "rr"))
-    X = make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0]
+    X, rr = record_inputs(preps["100"], spec)
     with torch.no_grad():
         model(X[None], rr[None])
     hook.remove()

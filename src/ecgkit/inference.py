@@ -69,6 +69,13 @@ def make_channels(W: torch.Tensor, med: torch.Tensor, channels, margin: int, n_s
 BEATS_PER_CALL = 512
 
 
+def record_inputs(prep: dict, spec: dict):
+    """Every beat's model channels ``(n, C, S)`` and RR features ``(n, 4)`` of a :func:`prepare_record` dict."""
+    W, med, rr = (torch.from_numpy(prep[k]) for k in ("W", "med", "rr"))
+    S = spec["before_samples"] + spec["after_samples"]
+    return make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0], rr
+
+
 @torch.inference_mode()
 def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None, batch: int = 64) -> np.ndarray:
     """Per-beat log-probabilities ``(n, n_classes)`` of one record.
@@ -85,14 +92,9 @@ def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None,
         return np.zeros((0, n_classes), np.float32)
     T = min(seq_len or spec.get("seq_len", 64), n)
     starts = [0] if n <= T else list(range(0, n - T, max(T // 2, 1))) + [n - T]
-    W = torch.from_numpy(prep["W"])
-    rr = torch.from_numpy(prep["rr"])
-    med = torch.from_numpy(prep["med"])
-    margin = (W.shape[1] - spec["before_samples"] - spec["after_samples"]) // 2
-    S = spec["before_samples"] + spec["after_samples"]
     wts = torch.from_numpy(np.hanning(T + 2)[1:-1].astype(np.float32)) + 1e-3  # (T,)
     # every beat's channels once (n, C, S); the overlapping sequences are gathered from it
-    X = make_channels(W[None], med[None], spec["channels"], margin, S)[0]
+    X, rr = record_inputs(prep, spec)
     rows = torch.tensor(starts)[:, None] + torch.arange(T)[None, :]   # (n_seq, T)
     per_call = max(1, min(batch, BEATS_PER_CALL // T))
     logits = torch.cat([model(X[r], rr[r]).float() for r in torch.split(rows, per_call)])  # (n_seq, T, C)

@@ -459,7 +459,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                                                               local_beats)
                     if tc.augment.ventricular_ectopy > 0:
                         ect_full = torch.zeros_like(keep)
-                        ect_full[keep.clone()] = ect
+                        ect_full[keep] = ect
                         W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
                                                   s_idx, v_idx)
                     keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
