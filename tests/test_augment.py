@@ -188,11 +188,16 @@ def test_ventricular_ectopy_gives_synthetic_ectopy_beats_a_donor_v_shape(data_di
     assert torch.equal(W4, W) and torch.equal(y4, y2) and torch.equal(g.get_state(), state)
 
 
-def test_ventricular_ectopy_must_be_a_probability(tmp_path):
+@pytest.mark.parametrize("name", ["synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape",
+                                  "synthetic_af"])
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_augmentation_probabilities_must_be_probabilities(tmp_path, name, value):
     from ecgkit.config import load_config
     from ecgkit.errors import ConfigError
 
     p = tmp_path / "c.yaml"
-    p.write_text("train:\n  augment:\n    ventricular_ectopy: 1.5\n")
-    with pytest.raises(ConfigError, match="ventricular_ectopy.*probability"):
+    p.write_text(f"train:\n  augment:\n    {name}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{name}.*probability"):
         load_config(p)
+    p.write_text(f"train:\n  augment:\n    {name}: 1.0\n")
+    assert getattr(load_config(p).train.augment, name) == 1.0

@@ -566,3 +566,62 @@ def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     b_bn = [m for m in b.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
     assert not torch.allclose(a_bn.running_var, b_bn.running_var, rtol=0.05)
     assert not a.training and not a_bn.training
+
+
+def test_shape_head_loss_scores_n_s_v_by_the_token_alone():
+    """transnet shape_head: weight x BCE(V vs N/S) of a head on the morphology token; F, Q, unlabelled not scored."""
+    import torch.nn.functional as F
+
+    from ecgkit.registry import create
+
+    torch.manual_seed(0)
+    m = create("encoders", "transnet", d_model=32, n_layers=1, block_channels=[16, 16], shape_head=0.5)
+    x, rr = torch.randn(2, 6, 2, 144), 0.5 + torch.rand(2, 6, 4)
+    y = torch.tensor([[0, 1, 2, 3, 4, -1], [2, 2, 0, 0, 1, 3]])  # N S V F Q unlabelled
+    m.train()
+    logits = m(x, rr)
+    loss = m.auxiliary_loss(y)
+    keep = (y >= 0) & (y <= 2)
+    want = 0.5 * F.binary_cross_entropy_with_logits(m._shape_logit[keep], (y[keep] == 2).float())
+    assert torch.allclose(loss, want)
+    y2 = y.clone()
+    y2[y2 >= 3] = 0  # F / Q / unlabelled relabelled N: now scored, so the loss changes
+    assert not torch.allclose(m.auxiliary_loss(y2), loss)
+    m.zero_grad()
+    loss.backward()
+    assert m.tokenizer.proj.weight.grad.abs().sum() > 0   # it trains the tokenizer ...
+    assert m.head.weight.grad is None                     # ... and nothing after the token
+    m.eval()
+    with torch.no_grad():
+        out = m(x, rr)
+    assert m.auxiliary_loss(y).item() == 0.0               # no auxiliary output at inference
+    m0 = create("encoders", "transnet", d_model=32, n_layers=1, block_channels=[16, 16])
+    m0.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("shape_head")})
+    m0.eval()
+    with torch.no_grad():
+        assert torch.equal(m0(x, rr), out)                  # the head changes nothing the classifier computes
+
+
+def test_shape_head_trains_and_is_off_at_zero(data_dir, tiny_config, tmp_path):
+    """model.params.shape_head: 0 leaves training bit-identical; > 0 changes the weights through the training loop."""
+    from ecgkit.train import train
+
+    data = {**TINY["data"], "val": []}
+    runs = {}
+    for name, extra in (("off", {}), ("zero", {"shape_head": 0.0}), ("on", {"shape_head": 1.0})):
+        model = {**TINY["model"], "params": {**TINY["model"]["params"], **extra}}
+        cfg = load_config(tiny_config(data=data, model=model, train={**TINY["train"], "epochs": 1}))
+        runs[name] = _weights(train(cfg, run_dir=tmp_path / name, data_dir=data_dir, show_progress=False,
+                                    log=lambda m: None))
+    assert runs["off"].keys() == runs["zero"].keys()
+    assert all(torch.equal(runs["off"][k], runs["zero"][k]) for k in runs["off"])
+    assert {k for k in runs["on"] if k.startswith("shape_head")} == {"shape_head.weight", "shape_head.bias"}
+    assert any(not torch.equal(runs["off"][k], runs["on"][k]) for k in runs["off"] if runs["off"][k].is_floating_point())
+
+
+def test_shape_head_weight_must_not_be_negative():
+    from ecgkit.errors import ConfigError
+    from ecgkit.registry import create
+
+    with pytest.raises(ConfigError, match="shape_head"):
+        create("encoders", "transnet", shape_head=-0.5)

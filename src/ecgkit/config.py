@@ -205,7 +205,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
-    for name in ("synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af"):
+    for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af"):
         if not 0.0 <= getattr(t.augment, name) <= 1.0:
             raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
                               f"got {getattr(t.augment, name)}")

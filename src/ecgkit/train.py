@@ -480,6 +480,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                     loss = (-(1 - lp.exp()) ** tc.focal_gamma * lp * wt).sum() / wt.sum()
                 else:
                     loss = F.cross_entropy(logits, yf, weight=weights)
+                if hasattr(model, "auxiliary_loss"):  # an encoder's own training-only loss (e.g. a deep-supervision head)
+                    loss = loss + model.auxiliary_loss(y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -75,6 +75,9 @@ class TransNetConfig:
     morph_stats: bool = True             # hand-made, patient-relative shape scalars (needs the median channel)
     use_token: bool = True               # ablation switch: False = context features only (no learned morphology)
     rel_token: bool = True               # also feed token minus the sequence-median token (patient-relative shape)
+    shape_head: float = 0.0              # > 0: training-only auxiliary loss (this weight x BCE): a linear head on the
+                                         # morphology token ALONE says "ventricular (V) or not (N, S)", so the tokenizer
+                                         # must encode V by shape, not leave it to rhythm (F, Q beats not scored)
 
     @property
     def n_channels(self) -> int:
@@ -235,11 +238,31 @@ class ECGTransNet(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
         self.out_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.n_classes)
+        self.shape_head = nn.Linear(d, 1) if cfg.shape_head > 0 else None
+        self._shape_logit: Tensor | None = None  # (B, T) of the last training forward, for auxiliary_loss
+
+    def auxiliary_loss(self, targets: Tensor) -> Tensor:
+        """The training-only shape-head loss of the last forward; ``targets`` (B, T) class indices, -1 unlabelled.
+
+        ecgkit's training loop adds this to the classification loss when the model defines it.
+        Zero (no head, or eval mode) when ``shape_head`` is 0.
+        """
+        if self.shape_head is None or self._shape_logit is None:
+            return torch.zeros(())
+        idx = {c: i for i, c in enumerate(self.cfg.classes)}
+        if not {"N", "S", "V"} <= set(idx):
+            raise ValueError("shape_head needs classes N, S and V")
+        scored = (targets == idx["N"]) | (targets == idx["S"]) | (targets == idx["V"])
+        if not scored.any():
+            return self._shape_logit.sum() * 0.0
+        logit, is_v = self._shape_logit[scored], (targets[scored] == idx["V"]).float()
+        return self.cfg.shape_head * F.binary_cross_entropy_with_logits(logit, is_v)
 
     def forward(self, windows: Tensor, rr: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         B, T, C, S = windows.shape                                   # (B, T, C, S)
         tok = self.tokenizer(windows.reshape(B * T, C, S))           # (B*T, d)
         tok = tok.view(B, T, -1)                                     # (B, T, d)
+        self._shape_logit = self.shape_head(tok)[..., 0] if (self.training and self.shape_head is not None) else None
         if not self.cfg.use_token:
             tok = torch.zeros_like(tok)
         if self.training and self.cfg.token_dropout > 0:

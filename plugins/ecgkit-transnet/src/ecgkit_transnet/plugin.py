@@ -25,6 +25,8 @@ def transnet(**params):
     if unknown:
         raise ConfigError(f"transnet: unknown parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
     cfg = TransNetConfig(**params)
+    if not cfg.shape_head >= 0:
+        raise ConfigError(f"transnet: shape_head is a loss weight (>= 0, 0 = off), got {cfg.shape_head}")
     model = ECGTransNet(cfg)
     model.input_spec = {
         "fs_hz": float(cfg.fs_hz),
