@@ -38,6 +38,8 @@ def test_checkpoint_is_small_and_records_the_config_that_made_it(shipped):
     assert asdict(from_dict(RunConfig, json.loads(ck["config"]))) == cfg
     # the plugin's copy of the recipe is the example config
     assert (shipped.parent / "transnet.yaml").read_text() == (REPO / "examples" / "mitdb_inter_patient.yaml").read_text()
+    # and the software it was trained with (same config + seed give other weights under other versions)
+    assert {"python", "platform", "torch", "numpy", "scipy", "wfdb"} <= set(ck["environment"])
     if cfg["train"]["ensemble"] > 1:
         assert ck["encoder"] == "ensemble"
         assert ck["member_seeds"] == [cfg["seed"] + i for i in range(cfg["train"]["ensemble"])]
