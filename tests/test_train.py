@@ -625,3 +625,41 @@ def test_shape_head_weight_must_not_be_negative():
 
     with pytest.raises(ConfigError, match="shape_head"):
         create("encoders", "transnet", shape_head=-0.5)
+
+
+def test_class_weights_from_augmented_labels_count_synthetic_s_and_leave_training_draws(data_dir, tiny_config,
+                                                                                          tmp_path):
+    """class_weight_labels: augmented counts the synthetic S beats (lower S weight) from a stream of its own."""
+    from ecgkit.checkpoint import input_spec
+    from ecgkit.registry import create
+    from ecgkit.datasets import resolve_records
+    from ecgkit.train import class_weights, load_beats, train, weight_labels
+
+    aug = {"synthetic_ectopy": 1.0}
+    cfg = load_config(tiny_config(train={**TINY["train"], "augment": aug}))
+    spec = input_spec(create("encoders", "transnet", **TINY["model"]["params"]))
+    fit = load_beats(resolve_records(["101", "106"], data_dir), cfg, spec, 4)
+    names = sorted(fit)
+    y_rec = weight_labels(fit, names, cfg.train, spec, 4, cfg.seed)
+    assert np.array_equal(y_rec, np.concatenate([fit[n]["y"] for n in names]))
+    cfg.train.class_weight_labels = "augmented"
+    y_aug = weight_labels(fit, names, cfg.train, spec, 4, cfg.seed)
+    assert np.array_equal(y_aug, weight_labels(fit, names, cfg.train, spec, 4, cfg.seed))  # seeded
+    assert (y_aug == 1).mean() > 5 * (y_rec == 1).mean()          # the synthetic ectopy's S beats are counted
+    w_rec, w_aug = class_weights(y_rec, 5, 0.5, 10.0), class_weights(y_aug, 5, 0.5, 10.0)
+    assert w_aug[1] < w_rec[1]
+    # with every weight 1 (power 0) the two settings must train bit-identically: the count draws nothing
+    # from the training stream
+    data = {**TINY["data"], "val": []}
+    runs = {}
+    for src in ("records", "augmented"):
+        tr = {**TINY["train"], "epochs": 1, "augment": aug, "class_weight_power": 0.0, "class_weight_labels": src}
+        c = load_config(tiny_config(data=data, train=tr))
+        runs[src] = _weights(train(c, run_dir=tmp_path / src, data_dir=data_dir, show_progress=False,
+                                   log=lambda m: None))
+    assert all(torch.equal(runs["records"][k], runs["augmented"][k]) for k in runs["records"])
+
+
+def test_class_weight_labels_is_validated(tiny_config):
+    with pytest.raises(ConfigError, match="class_weight_labels"):
+        load_config(tiny_config(train={**TINY["train"], "class_weight_labels": "synthetic"}))

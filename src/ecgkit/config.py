@@ -73,6 +73,8 @@ class TrainConfig:
     focal_gamma: float = 2.0
     class_weight_power: float = 0.5     # weight_c = (n_N / n_c) ** power, clipped to [1, cap]
     class_weight_cap: float = 10.0
+    class_weight_labels: str = "records"  # count the records' labels, or "augmented": those of training batches
+                                          # (synthetic S beats of the RR augmentations included)
     select_metric: str = "jk"           # validation metric for picking the best epoch
     threads: int = 2                    # torch CPU threads per process
     ensemble: int = 1                   # members trained with seeds seed, seed+1, ...; log-probabilities averaged
@@ -211,6 +213,9 @@ def validate(cfg: RunConfig) -> None:
                               f"got {getattr(t.augment, name)}")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"config key 'train.ema' must be a decay in [0, 1) (0 = off), got {t.ema}")
+    if t.class_weight_labels not in ("records", "augmented"):
+        raise ConfigError(f"config key 'train.class_weight_labels' must be 'records' or 'augmented', "
+                          f"got {t.class_weight_labels!r}")
     if t.loss not in ("ce", "focal"):
         raise ConfigError(f"config key 'train.loss' must be 'ce' or 'focal', got {t.loss!r}")
     if t.weights_dtype not in WEIGHTS_DTYPES:

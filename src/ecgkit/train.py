@@ -61,11 +61,30 @@ def load_beats(records, cfg: RunConfig, spec: dict, margin: int, progress=None) 
     return out
 
 
+#: Training batches drawn to count the labels when ``train.class_weight_labels: augmented``.
+CLASS_WEIGHT_BATCHES = 64
+
+
 def class_weights(labels: np.ndarray, n_classes: int, power: float, cap: float) -> torch.Tensor:
     """weight_c = (n_majority / n_c) ** power, clipped to [1, cap]: rare classes count more, boundedly."""
     cnt = np.bincount(labels[labels >= 0], minlength=n_classes).astype(np.float64)
     w = np.clip((cnt.max() / np.maximum(cnt, 1)) ** power, 1.0, cap)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def weight_labels(fit: dict, names: list[str], tc, spec: dict, margin: int, seed: int, v_pool=None,
+                  s_idx: int = 1, v_idx: int = 2) -> np.ndarray:
+    """The labels the class weights are counted on (``train.class_weight_labels``).
+
+    ``records``: every beat of the training records. ``augmented``: the labels of
+    :data:`CLASS_WEIGHT_BATCHES` training batches, synthetic S beats included, drawn from a
+    generator of their own (seeded by ``seed``), so the training draws are unchanged.
+    """
+    if tc.class_weight_labels == "records":
+        return np.concatenate([fit[n]["y"] for n in names])
+    g = torch.Generator().manual_seed(seed * 100003 + 99991)
+    return np.concatenate([training_batch(fit, names, tc, spec, margin, g, v_pool, s_idx, v_idx)[3].reshape(-1).numpy()
+                           for _ in range(CLASS_WEIGHT_BATCHES)])
 
 
 def sample_batch(data: dict, names: list[str], seq_len: int, batch: int, g: torch.Generator):
@@ -318,6 +337,41 @@ def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class:
 
 # --- evaluation during training --------------------------------------------------------------
 
+def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: torch.Generator,
+                   v_pool: torch.Tensor | None = None, s_idx: int = 1, v_idx: int = 2):
+    """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
+
+    Returns ``W, med, rr, y, shift``: windows, medians, RR features, labels (synthetic beats relabelled)
+    and each beat's crop offset, ready for :func:`~ecgkit.inference.make_channels`. Draws only from ``g``.
+    """
+    W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
+    rr, y = rr.clone(), y.clone()
+    local_beats = spec.get("local_rr_beats", 10)
+    rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
+    if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
+        rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats)
+        if tc.augment.af_fibrillatory_p and rewritten.any():
+            W[rewritten], med[rewritten] = fibrillatory_p(W[rewritten], med[rewritten], g,
+                                                          margin + spec["before_samples"], spec["fs_hz"])
+    keep = ~rewritten
+    if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
+        rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
+                                                  local_beats)
+        if tc.augment.ventricular_ectopy > 0:
+            ect_full = torch.zeros_like(keep)
+            ect_full[keep] = ect
+            W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
+                                      s_idx, v_idx)
+        keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
+    if tc.augment.synthetic_s > 0:
+        rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
+    if tc.augment.ventricular_shape > 0:
+        W = ventricular_shape(W, y, g, tc.augment.ventricular_shape, margin + spec["before_samples"],
+                              list(spec["classes"]).index("V"))
+    W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
+    return W, med, rr, y, shift
+
+
 def evaluate_beats(model, data: dict, spec: dict, seq_len: int) -> dict:
     ys, ps, recs = [], [], []
     for name, d in data.items():
@@ -395,13 +449,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
         fit = load_beats(fit_paths, cfg, spec, margin, adv)
         val = load_beats(val_paths, cfg, spec, 0, adv)
     names = sorted(fit)
-    y_all = np.concatenate([fit[n]["y"] for n in names])
+    v_pool, s_idx, v_idx = None, 1, 2
     if tc.augment.ventricular_ectopy > 0:  # donor V beats of the training patients
         if not {"S", "V"} <= set(spec["classes"]):
             raise ConfigError("train.augment.ventricular_ectopy needs a model with classes S and V")
         s_idx, v_idx = list(spec["classes"]).index("S"), list(spec["classes"]).index("V")
         v_pool = torch.from_numpy(np.concatenate([fit[n]["W"][fit[n]["y"] == v_idx] for n in names]))
-    weights = class_weights(y_all, n_classes, tc.class_weight_power, tc.class_weight_cap)
+    y_w = weight_labels(fit, names, tc, spec, margin, cfg.seed, v_pool, s_idx, v_idx)
+    weights = class_weights(y_w, n_classes, tc.class_weight_power, tc.class_weight_cap)
+    if rank == 0:
+        log(f"class weights ({tc.class_weight_labels} labels): "
+            + " ".join(f"{c} {w:.2f}" for c, w in zip(spec["classes"], weights.tolist())))
 
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     ema = None
@@ -444,31 +502,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 step = epoch * tc.steps_per_epoch + it
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total_steps, tc.lr)
-                W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
-                rr, y = rr.clone(), y.clone()
-                local_beats = spec.get("local_rr_beats", 10)
-                rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
-                if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
-                    rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats)
-                    if tc.augment.af_fibrillatory_p and rewritten.any():
-                        W[rewritten], med[rewritten] = fibrillatory_p(W[rewritten], med[rewritten], g,
-                                                                      margin + spec["before_samples"], spec["fs_hz"])
-                keep = ~rewritten
-                if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
-                    rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
-                                                              local_beats)
-                    if tc.augment.ventricular_ectopy > 0:
-                        ect_full = torch.zeros_like(keep)
-                        ect_full[keep] = ect
-                        W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
-                                                  s_idx, v_idx)
-                    keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
-                if tc.augment.synthetic_s > 0:
-                    rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
-                if tc.augment.ventricular_shape > 0:
-                    W = ventricular_shape(W, y, g, tc.augment.ventricular_shape, margin + spec["before_samples"],
-                                          list(spec["classes"]).index("V"))
-                W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
+                W, med, rr, y, shift = training_batch(fit, names, tc, spec, margin, g, v_pool, s_idx, v_idx)
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
                 yf = y.reshape(-1)
