@@ -335,8 +335,6 @@ def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class:
     return W
 
 
-# --- evaluation during training --------------------------------------------------------------
-
 def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: torch.Generator,
                    v_pool: torch.Tensor | None = None, s_idx: int = 1, v_idx: int = 2):
     """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
@@ -371,6 +369,8 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
     return W, med, rr, y, shift
 
+
+# --- evaluation during training --------------------------------------------------------------
 
 def evaluate_beats(model, data: dict, spec: dict, seq_len: int) -> dict:
     ys, ps, recs = [], [], []
