@@ -579,7 +579,7 @@ def test_shape_head_loss_scores_n_s_v_by_the_token_alone():
     x, rr = torch.randn(2, 6, 2, 144), 0.5 + torch.rand(2, 6, 4)
     y = torch.tensor([[0, 1, 2, 3, 4, -1], [2, 2, 0, 0, 1, 3]])  # N S V F Q unlabelled
     m.train()
-    logits = m(x, rr)
+    m(x, rr)
     loss = m.auxiliary_loss(y)
     keep = (y >= 0) & (y <= 2)
     want = 0.5 * F.binary_cross_entropy_with_logits(m._shape_logit[keep], (y[keep] == 2).float())
@@ -625,6 +625,8 @@ def test_shape_head_weight_must_not_be_negative():
 
     with pytest.raises(ConfigError, match="shape_head"):
         create("encoders", "transnet", shape_head=-0.5)
+    with pytest.raises(ConfigError, match="shape_head needs classes N, S and V"):
+        create("encoders", "transnet", shape_head=0.5, classes=["N", "S", "F"], n_classes=3)
 
 
 def test_class_weights_from_augmented_labels_count_synthetic_s_and_leave_training_draws(data_dir, tiny_config,
@@ -648,8 +650,8 @@ def test_class_weights_from_augmented_labels_count_synthetic_s_and_leave_trainin
     assert (y_aug == 1).mean() > 5 * (y_rec == 1).mean()          # the synthetic ectopy's S beats are counted
     w_rec, w_aug = class_weights(y_rec, 5, 0.5, 10.0), class_weights(y_aug, 5, 0.5, 10.0)
     assert w_aug[1] < w_rec[1]
-    # with every weight 1 (power 0) the two settings must train bit-identically: the count draws nothing
-    # from the training stream
+    # with every weight 1 (power 0) the two settings must train bit-identically: apart from the weights,
+    # the count changes nothing in training (no draw from its streams, no edit of its beats)
     data = {**TINY["data"], "val": []}
     runs = {}
     for src in ("records", "augmented"):

@@ -72,8 +72,7 @@ def class_weights(labels: np.ndarray, n_classes: int, power: float, cap: float) 
     return torch.tensor(w, dtype=torch.float32)
 
 
-def weight_labels(fit: dict, names: list[str], tc, spec: dict, margin: int, seed: int, v_pool=None,
-                  s_idx: int = 1, v_idx: int = 2) -> np.ndarray:
+def weight_labels(fit: dict, names: list[str], tc, spec: dict, margin: int, seed: int, v_pool=None) -> np.ndarray:
     """The labels the class weights are counted on (``train.class_weight_labels``).
 
     ``records``: every beat of the training records. ``augmented``: the labels of
@@ -83,7 +82,7 @@ def weight_labels(fit: dict, names: list[str], tc, spec: dict, margin: int, seed
     if tc.class_weight_labels == "records":
         return np.concatenate([fit[n]["y"] for n in names])
     g = torch.Generator().manual_seed(seed * 100003 + 99991)
-    return np.concatenate([training_batch(fit, names, tc, spec, margin, g, v_pool, s_idx, v_idx)[3].reshape(-1).numpy()
+    return np.concatenate([training_batch(fit, names, tc, spec, margin, g, v_pool)[3].reshape(-1).numpy()
                            for _ in range(CLASS_WEIGHT_BATCHES)])
 
 
@@ -336,11 +335,12 @@ def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class:
 
 
 def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: torch.Generator,
-                   v_pool: torch.Tensor | None = None, s_idx: int = 1, v_idx: int = 2):
+                   v_pool: torch.Tensor | None = None):
     """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
 
     Returns ``W, med, rr, y, shift``: windows, medians, RR features, labels (synthetic beats relabelled)
     and each beat's crop offset, ready for :func:`~ecgkit.inference.make_channels`. Draws only from ``g``.
+    ``v_pool``: the training patients' V windows, for ``ventricular_ectopy``.
     """
     W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
     rr, y = rr.clone(), y.clone()
@@ -358,8 +358,9 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
         if tc.augment.ventricular_ectopy > 0:
             ect_full = torch.zeros_like(keep)
             ect_full[keep] = ect
+            classes = list(spec["classes"])
             W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
-                                      s_idx, v_idx)
+                                      classes.index("S"), classes.index("V"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
@@ -449,13 +450,13 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
         fit = load_beats(fit_paths, cfg, spec, margin, adv)
         val = load_beats(val_paths, cfg, spec, 0, adv)
     names = sorted(fit)
-    v_pool, s_idx, v_idx = None, 1, 2
+    v_pool = None
     if tc.augment.ventricular_ectopy > 0:  # donor V beats of the training patients
         if not {"S", "V"} <= set(spec["classes"]):
             raise ConfigError("train.augment.ventricular_ectopy needs a model with classes S and V")
-        s_idx, v_idx = list(spec["classes"]).index("S"), list(spec["classes"]).index("V")
+        v_idx = list(spec["classes"]).index("V")
         v_pool = torch.from_numpy(np.concatenate([fit[n]["W"][fit[n]["y"] == v_idx] for n in names]))
-    y_w = weight_labels(fit, names, tc, spec, margin, cfg.seed, v_pool, s_idx, v_idx)
+    y_w = weight_labels(fit, names, tc, spec, margin, cfg.seed, v_pool)
     weights = class_weights(y_w, n_classes, tc.class_weight_power, tc.class_weight_cap)
     if rank == 0:
         log(f"class weights ({tc.class_weight_labels} labels): "
@@ -502,7 +503,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 step = epoch * tc.steps_per_epoch + it
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total_steps, tc.lr)
-                W, med, rr, y, shift = training_batch(fit, names, tc, spec, margin, g, v_pool, s_idx, v_idx)
+                W, med, rr, y, shift = training_batch(fit, names, tc, spec, margin, g, v_pool)
                 x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
                 yf = y.reshape(-1)

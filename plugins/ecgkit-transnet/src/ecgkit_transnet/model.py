@@ -239,6 +239,7 @@ class ECGTransNet(nn.Module):
         self.out_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.n_classes)
         self.shape_head = nn.Linear(d, 1) if cfg.shape_head > 0 else None
+        self._nsv = [cfg.classes.index(c) for c in "NSV"] if self.shape_head is not None else []
         self._shape_logit: Tensor | None = None  # (B, T) of the last training forward, for auxiliary_loss
 
     def auxiliary_loss(self, targets: Tensor) -> Tensor:
@@ -249,13 +250,11 @@ class ECGTransNet(nn.Module):
         """
         if self.shape_head is None or self._shape_logit is None:
             return torch.zeros(())
-        idx = {c: i for i, c in enumerate(self.cfg.classes)}
-        if not {"N", "S", "V"} <= set(idx):
-            raise ValueError("shape_head needs classes N, S and V")
-        scored = (targets == idx["N"]) | (targets == idx["S"]) | (targets == idx["V"])
+        n, s, v = self._nsv
+        scored = (targets == n) | (targets == s) | (targets == v)
         if not scored.any():
             return self._shape_logit.sum() * 0.0
-        logit, is_v = self._shape_logit[scored], (targets[scored] == idx["V"]).float()
+        logit, is_v = self._shape_logit[scored], (targets[scored] == v).float()
         return self.cfg.shape_head * F.binary_cross_entropy_with_logits(logit, is_v)
 
     def forward(self, windows: Tensor, rr: Tensor, pad_mask: Tensor | None = None) -> Tensor:

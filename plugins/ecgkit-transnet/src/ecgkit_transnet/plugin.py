@@ -27,6 +27,8 @@ def transnet(**params):
     cfg = TransNetConfig(**params)
     if not cfg.shape_head >= 0:
         raise ConfigError(f"transnet: shape_head is a loss weight (>= 0, 0 = off), got {cfg.shape_head}")
+    if cfg.shape_head > 0 and not {"N", "S", "V"} <= set(cfg.classes):
+        raise ConfigError("transnet: shape_head needs classes N, S and V")
     model = ECGTransNet(cfg)
     model.input_spec = {
         "fs_hz": float(cfg.fs_hz),
