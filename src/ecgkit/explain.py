@@ -498,11 +498,12 @@ def parse_sample_id(s: str):
 def _model_input(prep: dict, spec: dict, rows):
     """Model input ``(windows (1, T, C, S), rr (1, T, 4))`` of the beats ``rows`` of a prepared record."""
     torch = _torch()
-    from .inference import make_channels
+    from .inference import lead2_batch, make_channels
 
     S = spec["before_samples"] + spec["after_samples"]
     W = torch.from_numpy(prep["W"][rows])[None]
-    windows = make_channels(W, torch.from_numpy(prep["med"])[None], spec["channels"], 0, S)
+    windows = make_channels(W, torch.from_numpy(prep["med"])[None], spec["channels"], 0, S,
+                            lead2=lead2_batch(prep, rows))
     return windows, torch.from_numpy(prep["rr"][rows])[None]
 
 

@@ -15,11 +15,38 @@ from .preprocess import bandpass, resample, run_chain, zscore
 from .segment import beat_windows, rr_features
 
 
-def model_signal(record: Record, spec: dict) -> np.ndarray:
-    """The record's lead as the model sees it: band-pass, resample to ``fs_hz``, z-score."""
+#: Input channels built from the record's chosen lead, and from its second lead (see :func:`second_lead`).
+LEAD1_CHANNELS = ("beat", "beat_minus_record_median")
+LEAD2_CHANNELS = ("lead2", "lead2_minus_record_median")
+
+
+def uses_second_lead(spec: dict) -> bool:
+    """Whether the model's input channels read the record's second lead."""
+    return any(c in LEAD2_CHANNELS for c in spec.get("channels", ()))
+
+
+def second_lead(record: Record) -> tuple[str, np.ndarray]:
+    """``(name, signal)`` of the record's second lead: the first of its other leads, in header order.
+
+    In MIT-BIH that is V1 for most records (V2, V4 or V5 for a few). A one-lead record is a RecordError.
+    """
+    if not record.others:
+        from .errors import RecordError
+
+        raise RecordError(f"record {record.name}: the model reads a second lead, but the record has only "
+                          f"{record.lead}")
+    name = next(iter(record.others))
+    return name, record.others[name]
+
+
+def model_signal(record: Record, spec: dict, signal: np.ndarray | None = None) -> np.ndarray:
+    """The record's lead as the model sees it: band-pass, resample to ``fs_hz``, z-score.
+
+    ``signal``: another lead of the record (same rate) instead of its chosen one.
+    """
     low, high = spec.get("bandpass_hz", (0.5, 35.0))
     chain = [bandpass(low, high), resample(spec["fs_hz"]), zscore()]
-    x, _ = run_chain(record.signal, record.fs, chain)
+    x, _ = run_chain(record.signal if signal is None else signal, record.fs, chain)
     return x
 
 
@@ -29,33 +56,48 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
 
     ``margin`` extra samples each side let training shift windows in time. ``signal``: the
     record's :func:`model_signal`, when the caller already computed it (figures draw it too).
+    A model reading a second lead also gets ``W2`` and ``med2``, the same cut from that lead.
     """
     x = model_signal(record, spec) if signal is None else signal
     fs = spec["fs_hz"]
     b, a = spec["before_samples"] + margin, spec["after_samples"] + margin
     pos = np.round(np.asarray(peaks) * fs / record.fs).astype(np.int64)
-    W = beat_windows(x, pos, b, a)  # (n, b + a), zero-padded at the record's edges
-    med = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
-    rr = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10))
-    return {"W": W.astype(np.float32), "med": med, "rr": rr}
+    out = {}
+    leads = [("", x)]
+    if uses_second_lead(spec):
+        leads.append(("2", model_signal(record, spec, second_lead(record)[1])))
+    for suffix, sig in leads:
+        W = beat_windows(sig, pos, b, a)  # (n, b + a), zero-padded at the record's edges
+        out["W" + suffix] = W.astype(np.float32)
+        out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
+    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10))
+    return out
 
 
 def make_channels(W: torch.Tensor, med: torch.Tensor, channels, margin: int, n_samples: int,
-                  shift: torch.Tensor | None = None) -> torch.Tensor:
+                  shift: torch.Tensor | None = None, lead2: tuple | None = None) -> torch.Tensor:
     """Windows ``W`` (B, T, S + 2m) and medians ``med`` (B, S + 2m) -> model input (B, T, C, S).
 
     ``shift`` (B, T) in ``[0, 2m]`` picks each beat's crop (time-shift augmentation);
-    default: the centred crop.
+    default: the centred crop. ``lead2``: ``(W2, med2)`` of the second lead, shaped like
+    ``W`` and ``med``, for the ``lead2*`` channels (cropped with the same shift).
     """
-    if shift is None:
-        beat = W[..., margin:margin + n_samples]
-    else:
+    def crop(X):
+        if shift is None:
+            return X[..., margin:margin + n_samples]
         idx = shift[..., None] + torch.arange(n_samples)[None, None, :]  # (B, T, S)
-        beat = torch.gather(W, 2, idx)
+        return torch.gather(X, 2, idx)
+
+    beat = crop(W)
     m = med[:, None, margin:margin + n_samples]  # (B, 1, S)
     out = []
     for c in channels:
-        if c == "beat":
+        if c in LEAD2_CHANNELS:
+            if lead2 is None:
+                raise ValueError(f"input channel {c!r} needs the second lead's windows")
+            beat2 = crop(lead2[0])
+            out.append(beat2 if c == "lead2" else beat2 - lead2[1][:, None, margin:margin + n_samples])
+        elif c == "beat":
             out.append(beat)
         elif c == "beat_minus_record_median":
             out.append(beat - m)
@@ -73,7 +115,16 @@ def record_inputs(prep: dict, spec: dict):
     """Every beat's model channels ``(n, C, S)`` and RR features ``(n, 4)`` of a :func:`prepare_record` dict."""
     W, med, rr = (torch.from_numpy(prep[k]) for k in ("W", "med", "rr"))
     S = spec["before_samples"] + spec["after_samples"]
-    return make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S)[0], rr
+    return make_channels(W[None], med[None], spec["channels"], (W.shape[1] - S) // 2, S,
+                         lead2=lead2_batch(prep, None))[0], rr
+
+
+def lead2_batch(prep: dict, rows=None):
+    """``(W2[rows][None], med2[None])`` tensors of a prepared record for :func:`make_channels`; None for one lead."""
+    if "W2" not in prep:
+        return None
+    W2 = prep["W2"] if rows is None else prep["W2"][np.asarray(rows)]
+    return torch.from_numpy(W2)[None], torch.from_numpy(prep["med2"])[None]
 
 
 @torch.inference_mode()

@@ -1,7 +1,8 @@
 """Reading WFDB records and writing WFDB annotations, through ``wfdb`` only.
 
-A record travels through ecgkit as a :class:`Record`: one lead in mV, its sampling
-rate, lead name and record name. Everything that can go wrong with a file on disk
+A record travels through ecgkit as a :class:`Record`: one lead in mV (the model's
+first lead), its sampling rate, lead name and record name, and the record's other leads
+(``others``) for models that read a second lead. Everything that can go wrong with a file on disk
 becomes a one-line :class:`~ecgkit.errors.RecordError`.
 """
 
@@ -25,7 +26,7 @@ _BYTES_PER_SAMPLE = {"8": 1, "16": 2, "61": 2, "80": 1, "160": 2, "212": 1.5, "2
 
 @dataclass
 class Record:
-    """One lead of a WFDB record.
+    """A WFDB record: its chosen lead, plus the other leads.
 
     Attributes:
         signal: 1-D float64 array in the record's physical units (mV for ECG).
@@ -33,6 +34,8 @@ class Record:
         lead: name of the lead (e.g. ``MLII``).
         name: record name (file stem, e.g. ``100``).
         path: record path without extension (``str``), used to find annotation files.
+        others: the record's other leads in header order, name -> 1-D float64 array like
+            ``signal`` (same rate and length, mV); a lead with no valid sample is left out.
     """
 
     signal: np.ndarray
@@ -42,6 +45,7 @@ class Record:
     path: str
     units: str = "mV"
     meta: dict = field(default_factory=dict)
+    others: dict = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -121,11 +125,25 @@ def pick_lead(sig_names: list[str], lead: str | None) -> int:
     raise RecordError(f"lead {lead!r} not in record (leads: {', '.join(names)})")
 
 
+def _physical(sig: np.ndarray, units: str | None) -> tuple[np.ndarray, str, int]:
+    """One channel as float64 mV with invalid (NaN) samples interpolated: ``(signal, units, n_invalid)``."""
+    sig = np.asarray(sig, dtype=np.float64).copy()
+    bad = ~np.isfinite(sig)
+    if bad.any() and not bad.all():  # wfdb marks invalid samples as NaN; fill them so filters stay finite
+        idx = np.arange(sig.size)
+        sig[bad] = np.interp(idx[bad], idx[~bad], sig[~bad])
+    units = units or "mV"
+    if units.lower() in ("uv", "µv"):
+        sig, units = sig / 1000.0, "mV"
+    return sig, units, int(bad.sum())
+
+
 def read_record(path: str | os.PathLike, lead: str | None = None) -> Record:
-    """Read one lead of a WFDB record (path without extension).
+    """Read a WFDB record (path without extension): its chosen lead and the others.
 
     ``lead`` is a lead name (case-insensitive); default MLII if present, else the first
-    channel. Raises :class:`RecordError` on a missing, malformed or truncated record.
+    channel. The record's other leads land in :attr:`Record.others`. Raises
+    :class:`RecordError` on a missing, malformed or truncated record.
     """
     base = _record_base(path)
     header = read_header(base)
@@ -135,25 +153,25 @@ def read_record(path: str | os.PathLike, lead: str | None = None) -> Record:
         raise RecordError(f"record {base}: {exc}") from None
     check_signal_files(header, base)
     try:
-        rec = wfdb.rdrecord(str(base), channels=[channel], physical=True)
+        rec = wfdb.rdrecord(str(base), physical=True)
     except Exception as exc:
         raise RecordError(f"record {base}: unreadable signal file: {exc or type(exc).__name__}") from None
-    sig = np.asarray(rec.p_signal[:, 0], dtype=np.float64)
-    if sig.size == 0:
+    if rec.p_signal is None or rec.p_signal.shape[0] == 0:
         raise RecordError(f"record {base}: signal is empty")
-    # wfdb marks invalid samples as NaN; fill them so filters stay finite
-    bad = ~np.isfinite(sig)
-    if bad.all():
+    units_all = list(rec.units or [])
+    units_all += ["mV"] * (rec.p_signal.shape[1] - len(units_all))
+    sig, units, n_bad = _physical(rec.p_signal[:, channel], units_all[channel])
+    if n_bad == sig.size:
         raise RecordError(f"record {base}: lead {header.sig_name[channel]} has no valid samples")
-    if bad.any():
-        idx = np.arange(sig.size)
-        sig[bad] = np.interp(idx[bad], idx[~bad], sig[~bad])
-    units = (rec.units or ["mV"])[0] or "mV"
-    if units.lower() in ("uv", "µv"):
-        sig = sig / 1000.0
-        units = "mV"
+    others = {}
+    for c, name in enumerate(header.sig_name):
+        if c == channel or name in others:
+            continue
+        x, _, bad = _physical(rec.p_signal[:, c], units_all[c])
+        if bad < x.size:
+            others[name] = x
     return Record(signal=sig, fs=float(rec.fs), lead=header.sig_name[channel], name=base.name,
-                  path=str(base), units=units, meta={"n_invalid": int(bad.sum())})
+                  path=str(base), units=units, meta={"n_invalid": n_bad}, others=others)
 
 
 def read_annotations(path: str | os.PathLike, extension: str = "atr"):

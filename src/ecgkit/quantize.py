@@ -278,7 +278,7 @@ def _sequences(spec: dict, paths: list[str], calib_beats: int, seq_len: int | No
     """:func:`calibration_sequences` of record ``paths`` already resolved and checked (not DS2)."""
     import torch
 
-    from .inference import make_channels, prepare_record
+    from .inference import lead2_batch, make_channels, prepare_record
     from .io import read_record
     from .registry import create
     from .segment import detect_beats
@@ -304,7 +304,7 @@ def _sequences(spec: dict, paths: list[str], calib_beats: int, seq_len: int | No
         W, rr, med = (torch.from_numpy(prep[k_]) for k_ in ("W", "rr", "med"))
         for s in np.sort(rng.integers(0, n - t + 1, size=k)):
             rows = torch.arange(int(s), int(s) + t)
-            x = make_channels(W[rows][None], med[None], spec["channels"], 0, S)
+            x = make_channels(W[rows][None], med[None], spec["channels"], 0, S, lead2=lead2_batch(prep, rows))
             out.append({"windows": x.numpy(), "rr": rr[rows][None].numpy()})
     if not out:
         raise ConfigError("calibration records hold no beats")

@@ -29,7 +29,7 @@ from .checkpoint import input_spec, read_checkpoint, save_checkpoint
 from .config import AugmentConfig, RunConfig
 from .datasets import resolve_records
 from .errors import ConfigError
-from .inference import make_channels, predict_log_proba, prepare_record
+from .inference import make_channels, predict_log_proba, prepare_record, uses_second_lead
 from .io import read_record
 from .metrics import ec57_report
 from .registry import create
@@ -87,18 +87,26 @@ def weight_labels(fit: dict, names: list[str], tc, spec: dict, margin: int, seed
 
 
 def sample_batch(data: dict, names: list[str], seq_len: int, batch: int, g: torch.Generator):
-    """Random crops of ``seq_len`` consecutive beats; records drawn in proportion to their beats."""
+    """Random crops of ``seq_len`` consecutive beats; records drawn in proportion to their beats.
+
+    Returns ``W, med, rr, y, lead2``; ``lead2`` is ``(W2, med2)`` of the second lead when the
+    records carry one (see :func:`~ecgkit.inference.prepare_record`), else None.
+    """
     sizes = torch.tensor([len(data[n]["y"]) for n in names], dtype=torch.float64)
     picks = torch.multinomial(sizes, batch, replacement=True, generator=g).tolist()
     T = min(seq_len, int(sizes.min()))
-    Ws, meds, rrs, ys = [], [], [], []
+    two = "W2" in data[names[0]]
+    Ws, meds, rrs, ys, W2s, med2s = [], [], [], [], [], []
     for i in picks:
         d = data[names[i]]
         s = int(torch.randint(0, len(d["y"]) - T + 1, (1,), generator=g))
         Ws.append(d["W"][s:s + T]); rrs.append(d["rr"][s:s + T]); ys.append(d["y"][s:s + T])
         meds.append(d["med"])
+        if two:
+            W2s.append(d["W2"][s:s + T]); med2s.append(d["med2"])
+    lead2 = (torch.from_numpy(np.stack(W2s)), torch.from_numpy(np.stack(med2s))) if two else None
     return (torch.from_numpy(np.stack(Ws)), torch.from_numpy(np.stack(meds)),
-            torch.from_numpy(np.stack(rrs)), torch.from_numpy(np.stack(ys)))
+            torch.from_numpy(np.stack(rrs)), torch.from_numpy(np.stack(ys)), lead2)
 
 
 def _warp(x: torch.Tensor, factor: torch.Tensor, centre: int) -> torch.Tensor:
@@ -110,11 +118,12 @@ def _warp(x: torch.Tensor, factor: torch.Tensor, centre: int) -> torch.Tensor:
     return torch.gather(x, -1, i0) * (1 - w) + torch.gather(x, -1, i0 + 1) * w
 
 
-def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, before: int = 0):
-    """Simulate other patients and recording conditions on a batch.
+def _lead_augment(W, med, g: torch.Generator, a: AugmentConfig, margin: int, before: int, warp=None):
+    """Gain, stretch, baseline wander and noise on one lead's windows ``W`` (B, T, L) and medians ``med`` (B, L).
 
-    W (B, T, L) windows, med (B, L) median beats, rr (B, T, 4) seconds. Returns the
-    augmented tensors and per-beat crop offsets for the time shift.
+    ``warp``: the ``(per-sequence, per-beat)`` stretch factors to apply instead of drawing new
+    ones (a second lead shares the first one's: QRS width is the patient's, not the lead's).
+    Returns ``W, med, warp``.
     """
     B, T, L = W.shape
 
@@ -131,8 +140,11 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, befor
     if a.amplitude_beat > 0:
         W = W * (1 + a.amplitude_beat * N(B, T, 1))
     if a.stretch > 0:  # QRS and T widths differ between patients: warp around R, per sequence (+ per beat)
-        f = torch.exp((U(B, 1, 1) * 2 - 1) * a.stretch)                   # (B, 1, 1)
-        W = _warp(W, f * (1 + 0.02 * N(B, T, 1)), margin + before)          # (B, T, L)
+        if warp is None:
+            f = torch.exp((U(B, 1, 1) * 2 - 1) * a.stretch)                # (B, 1, 1)
+            warp = (f, f * (1 + 0.02 * N(B, T, 1)))
+        f, fb = warp
+        W = _warp(W, fb, margin + before)                                   # (B, T, L)
         med = _warp(med[:, None, :], f.expand(B, 1, L), margin + before)[:, 0]
     t = torch.linspace(-1, 1, L)[None, None, :]
     if a.baseline > 0:  # wander: offset + slope + slow sine within the window
@@ -143,6 +155,27 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, befor
     if a.emg > 0:  # muscle noise: high-passed (differenced) noise in bursts on ~30 % of beats
         e = N(B, T, L + 1)
         W = W + a.emg * U(B, 1, 1) * (U(B, T, 1) < 0.3) * (e[..., 1:] - e[..., :-1])
+    return W, med, warp
+
+
+def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, before: int = 0, lead2=None):
+    """Simulate other patients and recording conditions on a batch.
+
+    W (B, T, L) windows, med (B, L) median beats, rr (B, T, 4) seconds. Returns the
+    augmented tensors and per-beat crop offsets for the time shift. ``lead2``: ``(W2, med2)``
+    of a second lead, augmented with its own gain and noise but the same stretch and crop,
+    and returned as a fifth value when given (its draws come after all of the first lead's,
+    so a one-lead batch draws exactly as before).
+    """
+    B, T, L = W.shape
+    W, med, warp = _lead_augment(W, med, g, a, margin, before)
+
+    def U(*s):
+        return torch.rand(*s, generator=g)
+
+    def N(*s):
+        return torch.randn(*s, generator=g)
+
     if a.rr_jitter > 0:
         rr = rr * torch.exp(0.2 * (U(B, 1, 1) * 2 - 1))  # heart rate of another patient
         jit = torch.ones_like(rr)
@@ -153,7 +186,10 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, befor
     s = min(a.shift_samples, margin)
     if s > 0:
         shift = margin - s + torch.randint(0, 2 * s + 1, (B, T), generator=g)
-    return W, med, rr, shift
+    if lead2 is None:
+        return W, med, rr, shift
+    W2, med2, _ = _lead_augment(lead2[0], lead2[1], g, a, margin, before, warp)
+    return W, med, rr, shift, (W2, med2)
 
 
 def _local_mean(pre: torch.Tensor, local_beats: int) -> torch.Tensor:
@@ -338,11 +374,12 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
                    v_pool: torch.Tensor | None = None):
     """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
 
-    Returns ``W, med, rr, y, shift``: windows, medians, RR features, labels (synthetic beats relabelled)
-    and each beat's crop offset, ready for :func:`~ecgkit.inference.make_channels`. Draws only from ``g``.
+    Returns ``W, med, rr, y, shift, lead2``: windows, medians, RR features, labels (synthetic beats
+    relabelled), each beat's crop offset and the second lead's ``(W2, med2)`` (None for one lead),
+    ready for :func:`~ecgkit.inference.make_channels`. Draws only from ``g``.
     ``v_pool``: the training patients' V windows, for ``ventricular_ectopy``.
     """
-    W, med, rr, y = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
+    W, med, rr, y, lead2 = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
     rr, y = rr.clone(), y.clone()
     local_beats = spec.get("local_rr_beats", 10)
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
@@ -351,6 +388,10 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
         if tc.augment.af_fibrillatory_p and rewritten.any():
             W[rewritten], med[rewritten] = fibrillatory_p(W[rewritten], med[rewritten], g,
                                                           margin + spec["before_samples"], spec["fs_hz"])
+            if lead2 is not None:  # no P wave in any lead; f-waves are clearest in V1
+                W2, med2 = lead2
+                W2[rewritten], med2[rewritten] = fibrillatory_p(W2[rewritten], med2[rewritten], g,
+                                                                margin + spec["before_samples"], spec["fs_hz"])
     keep = ~rewritten
     if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
         rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
@@ -367,8 +408,11 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     if tc.augment.ventricular_shape > 0:
         W = ventricular_shape(W, y, g, tc.augment.ventricular_shape, margin + spec["before_samples"],
                               list(spec["classes"]).index("V"))
-    W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
-    return W, med, rr, y, shift
+    if lead2 is None:
+        W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
+    else:
+        W, med, rr, shift, lead2 = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"], lead2)
+    return W, med, rr, y, shift, lead2
 
 
 # --- evaluation during training --------------------------------------------------------------
@@ -433,6 +477,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     spec = input_spec(model)
     n_classes = len(spec["classes"])
     margin = min(tc.augment.shift_samples, MARGIN_MAX)
+    if uses_second_lead(spec) and (tc.augment.ventricular_ectopy > 0 or tc.augment.ventricular_shape > 0):
+        raise ConfigError("train.augment.ventricular_ectopy and ventricular_shape edit one lead only; "
+                          "set them to 0 for a model that reads a second lead")
 
     data_root = data_dir or cfg.data.data
     train_paths = resolve_records(cfg.data.train, data_root)
@@ -503,8 +550,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
                 step = epoch * tc.steps_per_epoch + it
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, total_steps, tc.lr)
-                W, med, rr, y, shift = training_batch(fit, names, tc, spec, margin, g, v_pool)
-                x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"], shift)
+                W, med, rr, y, shift, lead2 = training_batch(fit, names, tc, spec, margin, g, v_pool)
+                x = make_channels(W, med, spec["channels"], margin, spec["before_samples"] + spec["after_samples"],
+                                  shift, lead2)
                 logits = net(x, rr).reshape(-1, n_classes)           # (B*T, C)
                 yf = y.reshape(-1)
                 keep = yf >= 0

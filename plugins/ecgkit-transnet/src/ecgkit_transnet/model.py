@@ -19,6 +19,8 @@ windows: (batch, beats, channels, samples) float32, samples = before + after, th
                                            element-wise median over the windows of ALL beats of that record.
                                            It carries "this beat relative to the same patient's usual beat",
                                            which transfers across patients far better than absolute shape.
+    optional "lead2", "lead2_minus_record_median": the same two from the record's second lead (its first other
+                                           channel: V1 in most MIT-BIH records), prepared the same way.
 rr: (batch, beats, 4) float32, seconds, columns [pre_rr, post_rr, local_mean_rr, record_mean_rr]:
     pre_rr[i]  = t[i] - t[i-1];  post_rr[i] = t[i+1] - t[i]   (t = beat times of all annotated beats)
     edge beats: first beat pre_rr = its post_rr, last beat post_rr = its pre_rr.
@@ -157,7 +159,12 @@ class ContextFeatures(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.use_morph = cfg.morph_stats and cfg.n_channels >= 2
-        n_in = self.n_rr + (self.n_morph if self.use_morph else 0)
+        # (beat, beat - median) channel pairs the shape scalars are computed on: channels 0/1, and the
+        # second lead's pair when the model reads one (the P wave is often clearer there, e.g. in V1)
+        self.pairs = [(0, 1)] if self.use_morph else []
+        if self.use_morph and {"lead2", "lead2_minus_record_median"} <= set(cfg.channels):
+            self.pairs.append((cfg.channels.index("lead2"), cfg.channels.index("lead2_minus_record_median")))
+        n_in = self.n_rr + self.n_morph * len(self.pairs)
         fs, b = cfg.fs_hz, cfg.before
         self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
         self.pw = slice(max(0, b - round(0.30 * fs)), max(1, b - round(0.08 * fs)))  # P wave / PR segment
@@ -186,15 +193,16 @@ class ContextFeatures(nn.Module):
         b = b - b.mean(-1, keepdim=True)
         return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1) + 1e-6)
 
-    def morph_features(self, windows: Tensor) -> Tensor:  # (B, T, C, S) -> (B, T, 5)
-        beat, med = windows[:, :, 0], windows[:, :, 0] - windows[:, :, 1]  # (B, T, S) each
+    def morph_features(self, windows: Tensor, i: int = 0, j: int = 1) -> Tensor:  # (B, T, C, S) -> (B, T, 5)
+        """Shape scalars of the beat in channel ``i`` against its record median (``i`` minus channel ``j``)."""
+        beat, med = windows[:, :, i], windows[:, :, i] - windows[:, :, j]  # (B, T, S) each
         rms = lambda z: z.pow(2).mean(-1).add(1e-6).sqrt()
         f = torch.stack(
             [
                 self._corr(beat, med),
                 self._corr(beat[..., self.qrs], med[..., self.qrs]),
                 self._corr(beat[..., self.pw], med[..., self.pw]),
-                torch.log(rms(windows[:, :, 1]) / rms(med)),                    # how different, relative
+                torch.log(rms(windows[:, :, j]) / rms(med)),                    # how different, relative
                 torch.log(rms(beat[..., self.qrs]) / rms(med[..., self.qrs])),  # QRS energy vs usual
             ],
             dim=-1,
@@ -202,10 +210,8 @@ class ContextFeatures(nn.Module):
         return f.clamp(-3.0, 3.0)
 
     def forward(self, windows: Tensor, rr: Tensor) -> Tensor:  # -> (B, T, d_model)
-        f = self.rr_features(rr)
-        if self.use_morph:
-            f = torch.cat([f, self.morph_features(windows)], dim=-1)
-        return self.mlp(f)
+        f = [self.rr_features(rr)] + [self.morph_features(windows, i, j) for i, j in self.pairs]
+        return self.mlp(torch.cat(f, dim=-1))
 
 
 # ----------------------------------------------------------------------------------------------------------
