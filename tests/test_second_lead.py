@@ -189,3 +189,22 @@ def test_transnet_computes_its_shape_scalars_on_each_leads_pair():
     swapped = x[:, :, [2, 3, 0, 1]]  # the lead-2 scalars of x are the lead-1 scalars of the swapped input
     torch.testing.assert_close(two.ctx_embed.morph_features(x, 2, 3), two.ctx_embed.morph_features(swapped, 0, 1))
     assert not torch.allclose(two.ctx_embed.morph_features(x, 2, 3), two.ctx_embed.morph_features(x, 0, 1))
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_an_unknown_input_channel_is_a_one_line_config_error(data_dir, tmp_path, command):
+    from click.testing import CliRunner
+
+    from ecgkit.cli import cli
+
+    cfg = {"seed": 0, "run_dir": str(tmp_path / "run"), "stages": ["train"],
+           "data": {"train": ["101", "106"], "val": [], "test": ["100"]},
+           "model": {"name": "transnet", "params": {**SMALL, "channels": ["beat", "lead3"]}},
+           "train": {"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "seq_len": 8, "threads": 1}}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    args = ["train", "--config", str(p)] if command == "train" else ["run", str(p)]
+    res = CliRunner().invoke(cli, args + ["--data", str(data_dir)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "unknown input channel 'lead3'" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "best.pt").exists()

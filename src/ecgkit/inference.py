@@ -20,6 +20,16 @@ LEAD1_CHANNELS = ("beat", "beat_minus_record_median")
 LEAD2_CHANNELS = ("lead2", "lead2_minus_record_median")
 
 
+def check_channels(spec: dict) -> None:
+    """Refuse an input contract naming a channel ecgkit cannot build (a one-line ConfigError)."""
+    from .errors import ConfigError
+
+    known = LEAD1_CHANNELS + LEAD2_CHANNELS
+    bad = [c for c in spec.get("channels", ()) if c not in known]
+    if bad:
+        raise ConfigError(f"unknown input channel {bad[0]!r}; ecgkit builds: {', '.join(known)}")
+
+
 def uses_second_lead(spec: dict) -> bool:
     """Whether the model's input channels read the record's second lead."""
     return any(c in LEAD2_CHANNELS for c in spec.get("channels", ()))

@@ -52,7 +52,10 @@ def preflight(cfg: RunConfig, data=None) -> None:
     if "train" in cfg.stages:
         params = dict(cfg.model.params)
         params.setdefault("seq_len", cfg.train.seq_len)
-        create("encoders", cfg.model.name, **params)  # names and parameter types, as train() will build it
+        from .inference import check_channels
+
+        model = create("encoders", cfg.model.name, **params)  # names and parameter types, as train() will build it
+        check_channels(getattr(model, "input_spec", None) or {})
         get("segmenters", cfg.data.segmenter)
         iter_records(cfg.data.train, data, cfg.data.lead)
     for seg in cfg.evaluate.segmenters:

@@ -29,7 +29,7 @@ from .checkpoint import input_spec, read_checkpoint, save_checkpoint
 from .config import AugmentConfig, RunConfig
 from .datasets import resolve_records
 from .errors import ConfigError
-from .inference import make_channels, predict_log_proba, prepare_record, uses_second_lead
+from .inference import check_channels, make_channels, predict_log_proba, prepare_record, uses_second_lead
 from .io import read_record
 from .metrics import ec57_report
 from .registry import create
@@ -477,6 +477,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     spec = input_spec(model)
     n_classes = len(spec["classes"])
     margin = min(tc.augment.shift_samples, MARGIN_MAX)
+    check_channels(spec)
     if uses_second_lead(spec) and (tc.augment.ventricular_ectopy > 0 or tc.augment.ventricular_shape > 0):
         raise ConfigError("train.augment.ventricular_ectopy and ventricular_shape edit one lead only; "
                           "set them to 0 for a model that reads a second lead")
