@@ -11,7 +11,8 @@ second check are skipped and counted). For each beat and method:
 3. progressively delete the top-k % samples, k = 0, 5, ..., 50: the beat's signal is set
    to 0 (the z-scored baseline) there and the input channels are rebuilt from it with
    ``ecgkit.inference.make_channels`` (``beat`` = 0, ``beat_minus_record_median`` =
-   -median beat), so both channels stay consistent;
+   -median beat), so both channels stay consistent; a model that reads a second lead
+   loses the same samples of that lead too;
 4. record the predicted-class probability after each step (deletion curve), and the same
    for random orders of the samples (``--random-repeats``, averaged).
 
@@ -100,7 +101,8 @@ def deletion_curves(model, spec, rb, beat, windows, rr, bi, target, orders, frac
     from ecgkit.inference import make_channels
 
     S = windows.shape[-1]
-    src = torch.from_numpy(rb.prep["W"][beat])
+    leads = ["W", "W2"] if "W2" in rb.prep else ["W"]  # a second lead loses the same samples
+    src = [torch.from_numpy(rb.prep[k][beat]) for k in leads]
     med = torch.from_numpy(rb.prep["med"])[None]
     counts = [int(round(f * S)) for f in fracs]
     variants, where = [], {}
@@ -108,12 +110,14 @@ def deletion_curves(model, spec, rb, beat, windows, rr, bi, target, orders, frac
         for j, m in enumerate(counts):
             key = (i if m else -1, m)  # nothing deleted: the same input for every order
             if key not in where:
-                w = src.clone()
-                w[torch.from_numpy(order[:m].copy())] = 0.0
+                ws = [x.clone() for x in src]
+                for w in ws:
+                    w[torch.from_numpy(order[:m].copy())] = 0.0
                 where[key] = len(variants)
-                variants.append(w)
-    V = torch.stack(variants)[None]                                        # (1, K, S)
-    own = make_channels(V, med, spec["channels"], 0, S)[0]                 # (K, C, S)
+                variants.append(ws)
+    V = [torch.stack([v[k] for v in variants])[None] for k in range(len(leads))]  # (1, K, S) per lead
+    lead2 = (V[1], torch.from_numpy(rb.prep["med2"])[None]) if len(leads) == 2 else None
+    own = make_channels(V[0], med, spec["channels"], 0, S, lead2=lead2)[0]  # (K, C, S)
     probs = []
     for k in range(0, len(own), batch):
         o = own[k:k + batch]

@@ -201,6 +201,7 @@ def run(model_ref: str, records, snrs, noises, data=None, seed: int = 0, minutes
     from ecgkit.datasets import iter_records
     from ecgkit.datasets.mitdb import BEAT_SYMBOLS, reference_beats
     from ecgkit.evaluate import classify_records
+    from ecgkit.inference import second_lead, uses_second_lead
     from ecgkit.io import Record, read_annotations
     from ecgkit.models import load_any_model
     from ecgkit.registry import create
@@ -220,9 +221,15 @@ def run(model_ref: str, records, snrs, noises, data=None, seed: int = 0, minutes
         ref_all = ref_s[[s in BEAT_SYMBOLS for s in ref_sym]]
         ref_samples, ref_labels = reference_beats(ref_s, ref_sym)
         s_power = signal_power(rec.signal, ref_all, fs)
+        # a model reading a second lead gets that lead noisy too: its own realisation, scaled to its own QRS power
+        lead2 = second_lead(rec)[0] if uses_second_lead(spec) else None
+        if lead2 is not None:
+            x2 = rec.others[lead2][:n]
+            s_power2 = signal_power(x2, ref_all, fs)
 
-        def score(key, sig):
-            noisy = Record(signal=sig, fs=fs, lead=rec.lead, name=rec.name, path=rec.path, units=rec.units)
+        def score(key, sig, others=None):
+            noisy = Record(signal=sig, fs=fs, lead=rec.lead, name=rec.name, path=rec.path, units=rec.units,
+                           others=others if others is not None else ({lead2: x2} if lead2 else {}))
             peaks, symbols, _ = annotate_record(model, spec, noisy, detector)
             pred = np.array([spec["classes"].index(s) for s in symbols], dtype=np.int64)
             cell = cells.setdefault(key, Cell())
@@ -235,8 +242,10 @@ def run(model_ref: str, records, snrs, noises, data=None, seed: int = 0, minutes
             checked.append(bool(np.array_equal(y, clean.y[-1]) and np.array_equal(p, clean.p[-1])))
         for kind in noises:
             noise = make_noise(kind, n, fs, seed, rec.name)
+            noise2 = make_noise(kind, n, fs, seed, rec.name + "/" + lead2) if lead2 else None
             for snr in snrs:
-                score((kind, float(snr)), add_noise(rec.signal, noise, s_power, float(snr)))
+                others = {lead2: add_noise(x2, noise2, s_power2, float(snr))} if lead2 else None
+                score((kind, float(snr)), add_noise(rec.signal, noise, s_power, float(snr)), others)
                 if progress:
                     progress(f"{rec.name} {kind} {snr:g} dB")
     rows = {k: c.row() for k, c in cells.items()}

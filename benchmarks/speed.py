@@ -123,15 +123,13 @@ def _latency(model_ref: str, prep: dict, calls: int) -> dict:
     import numpy as np
     import torch
 
-    from ecgkit.inference import make_channels
+    from ecgkit.inference import record_inputs
     from ecgkit.models import load_any_model
 
     torch.set_num_threads(1)
     model, spec, _ = load_any_model(model_ref)
     T = int(spec.get("seq_len", 64))
-    S = spec["before_samples"] + spec["after_samples"]
-    W, rr, med = (torch.from_numpy(prep[k]) for k in ("W", "rr", "med"))
-    X = make_channels(W[None], med[None], spec["channels"], 0, S)[0]
+    X, rr = record_inputs(prep, spec)
     n = len(rr)
     ends = np.linspace(T, n, calls + 20).astype(int)  # a new beat each call, its T - 1 predecessors as context
     times = []
