@@ -57,6 +57,7 @@ class AugmentConfig:
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
     ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
     ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
+    neighbour_overlap: bool = False  # windows follow the synthetic RR: neighbours brought closer show in each other's window
 
 
 @dataclass

@@ -370,6 +370,45 @@ def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class:
     return W
 
 
+def neighbour_overlap(W, pre_old, pre_new, fs_hz: float):
+    """Windows that follow a rewritten RR series: neighbours brought closer appear in each other's window.
+
+    The RR augmentations (:func:`synthetic_s`, :func:`synthetic_ectopy`, :func:`synthetic_af`) move
+    beats in time but leave their windows as the record had them, so a synthetic premature beat
+    shows a clean baseline and the patient's sinus P wave where a real one shows the end of the
+    previous beat's T wave (often with its own P wave on it), and the beat before it does not
+    show the early QRS coming. ECG is close to a superposition of beats, so: for every pair of
+    consecutive beats whose interval shrank from ``pre_old`` to ``pre_new``, each window gains
+    the part of its neighbour's window that the new interval puts inside it, where the old
+    interval left the window free of that neighbour. The neighbour enters relative to its own
+    window edge (its last sample for the previous beat, its first for the next), so the added
+    part meets the window continuously at the neighbour's edge.
+
+    W (B, T, L) windows, one beat's R at the same index in each; pre_old, pre_new (B, T) intervals
+    to the previous beat in seconds; ``fs_hz`` the windows' rate. Returns new windows; draws nothing.
+    """
+    B, T, L = W.shape
+    if T < 2:
+        return W
+    d_new = torch.round(pre_new[:, 1:] * fs_hz).long()[..., None]  # (B, T-1, 1) samples, pair (i-1, i)
+    d_old = torch.round(pre_old[:, 1:] * fs_hz).long()[..., None]
+    closer = (d_new < d_old) & (d_new < L)
+    if not closer.any():
+        return W
+    j = torch.arange(L)                                             # (L,) window index
+    prev, cur = W[:, :-1], W[:, 1:]                                 # (B, T-1, L)
+    # into beat i: sample j of its window is sample j + d of the previous beat's
+    into_cur = closer & (j >= L - d_old) & (j < L - d_new)
+    tail = torch.gather(prev, 2, (j + d_new).clamp(max=L - 1)) - prev[..., -1:]
+    # into beat i-1: sample j of its window is sample j - d of the next beat's
+    into_prev = closer & (j >= d_new) & (j < d_old)
+    head = torch.gather(cur, 2, (j - d_new).clamp(min=0)) - cur[..., :1]
+    out = W.clone()
+    out[:, 1:] += torch.where(into_cur, tail, torch.zeros(()))
+    out[:, :-1] += torch.where(into_prev, head, torch.zeros(()))
+    return out
+
+
 def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: torch.Generator,
                    v_pool: torch.Tensor | None = None):
     """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
@@ -381,6 +420,7 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     """
     W, med, rr, y, lead2 = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
     rr, y = rr.clone(), y.clone()
+    pre_recorded = rr[..., 0].clone()  # the record's own intervals, for neighbour_overlap
     local_beats = spec.get("local_rr_beats", 10)
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
     if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
@@ -408,6 +448,10 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     if tc.augment.ventricular_shape > 0:
         W = ventricular_shape(W, y, g, tc.augment.ventricular_shape, margin + spec["before_samples"],
                               list(spec["classes"]).index("V"))
+    if tc.augment.neighbour_overlap:  # after every RR edit, before gain, stretch and noise
+        W = neighbour_overlap(W, pre_recorded, rr[..., 0], spec["fs_hz"])
+        if lead2 is not None:
+            lead2 = (neighbour_overlap(lead2[0], pre_recorded, rr[..., 0], spec["fs_hz"]), lead2[1])
     if lead2 is None:
         W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
     else:
