@@ -201,3 +201,86 @@ def test_augmentation_probabilities_must_be_probabilities(tmp_path, name, value)
         load_config(p)
     p.write_text(f"train:\n  augment:\n    {name}: 1.0\n")
     assert getattr(load_config(p).train.augment, name) == 1.0
+
+
+def _superposed(template: np.ndarray, peaks: np.ndarray, n: int) -> np.ndarray:
+    """A signal that is exactly the sum of one beat ``template`` (centred) placed at ``peaks``."""
+    x, h = np.zeros(n), len(template) // 2
+    for p in peaks:
+        x[p - h:p - h + len(template)] += template
+    return x
+
+
+def test_neighbour_overlap_gives_the_windows_of_the_beat_moved_in_time(data_dir):
+    """Known answer: windows of a signal built from record 100's own median beat, with beat 2 moved
+    early (premature, then a pause), equal neighbour_overlap applied to the windows of the regular
+    signal with the intervals changed; only the two pairs brought closer change, and only at their edges."""
+    from ecgkit.inference import model_signal
+    from ecgkit.io import read_record
+    from ecgkit.segment import beat_windows
+    from ecgkit.train import neighbour_overlap
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "100"))
+    s, sym = read_annotations(rec.path, "atr")
+    samples, _ = reference_beats(s, sym)
+    x = model_signal(rec, spec)
+    pos = np.round(samples * 180.0 / 360.0).astype(int)[5:500]
+    # the patient's beat, P wave to T wave, tapered to zero 0.7 s either side of R
+    template = np.median(beat_windows(x, pos, 126, 127), axis=0) * np.hanning(253)
+    b, a = 68, 84  # R at 68 of 152 samples, as the training windows with their 4-sample margin
+    regular = np.array([400, 544, 688, 832, 976])                  # 0.8 s apart: no window overlaps another
+    moved = np.array([400, 544, 544 + 70, 832, 976])                # beat 2 at 0.39 s, then a 1.21 s pause
+    W_reg = torch.from_numpy(beat_windows(_superposed(template, regular, 1400), regular, b, a)[None])
+    W_mov = beat_windows(_superposed(template, moved, 1400), moved, b, a)
+    pre_reg = torch.from_numpy(np.diff(regular, prepend=256) / 180.0)[None]
+    pre_mov = torch.from_numpy(np.diff(moved, prepend=256) / 180.0)[None]
+    out = neighbour_overlap(W_reg, pre_reg, pre_mov, 180.0)[0].numpy()
+    assert np.abs(W_mov - W_reg[0].numpy()).max() > 0.5          # the move shows in the windows
+    np.testing.assert_allclose(out, W_mov, atol=0.02 * np.abs(W_mov).max())
+    # beat 1 gains the early QRS at its end; beat 2 the previous T wave at its start; the pause adds nothing
+    changed = np.abs(out - W_reg[0].numpy()) > 1e-6
+    assert changed[1, 70:].any() and not changed[1, :70].any()
+    assert changed[2, :82].any() and not changed[2, 82:].any()
+    assert not changed[[0, 3, 4]].any()
+    # intervals kept or lengthened change nothing
+    assert torch.equal(neighbour_overlap(W_reg, pre_reg, pre_reg, 180.0), W_reg)
+    assert torch.equal(neighbour_overlap(W_reg, pre_reg, 1.5 * pre_reg, 180.0), W_reg)
+
+
+def test_neighbour_overlap_in_training_batches_changes_only_rewritten_sequences(data_dir, tmp_path):
+    """Same draws with the key on or off (it draws nothing): windows differ exactly in the sequences
+    whose RR series an augmentation rewrote, and off is the recipe as before."""
+    import yaml
+
+    from ecgkit.config import load_config
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.segment import labelled_peaks
+    from ecgkit.registry import create
+    from ecgkit.train import sample_batch, training_batch
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80, "classes": list("NSVFQ")}
+    rec = read_record(str(data_dir / "100"))
+    peaks, y = labelled_peaks(rec, create("segmenters", "reference"))
+    fit = {"100": {**prepare_record(rec, peaks, spec, margin=4), "y": y}}
+    quiet = {"amplitude": 1.0, "amplitude_beat": 0, "baseline": 0, "gaussian": 0, "emg": 0, "stretch": 0,
+             "shift_samples": 4, "rr_jitter": 0, "synthetic_ectopy": 0.5}
+    out = {}
+    for on in (False, True):
+        p = tmp_path / f"c{on}.yaml"
+        p.write_text(yaml.safe_dump({"train": {"seq_len": 64, "batch_size": 8,
+                                               "augment": {**quiet, "neighbour_overlap": on}}}))
+        out[on] = training_batch(fit, ["100"], load_config(p).train, spec, 4, torch.Generator().manual_seed(1))
+    (W0, _, rr0, y0, sh0, _), (W1, _, rr1, y1, sh1, _) = out[False], out[True]
+    assert torch.equal(rr0, rr1) and torch.equal(y0, y1) and torch.equal(sh0, sh1)
+    recorded = sample_batch(fit, ["100"], 64, 8, torch.Generator().manual_seed(1))  # the batch's first draws
+    rewritten = (rr0 != recorded[2]).any(-1).any(-1)  # sequences whose RR series synthetic_ectopy rewrote
+    differs = (W0 != W1).any(-1).any(-1)
+    assert 0 < int(rewritten.sum()) < 8 and torch.equal(W0, recorded[0])
+    assert torch.equal(differs, rewritten)
+    # in a rewritten sequence every premature beat's window starts with its predecessor's T wave
+    b = int(rewritten.nonzero()[0, 0])
+    s = (y1[b] == 1).nonzero()[:, 0]
+    s = s[s > 0]                                      # the first beat's predecessor is outside the sequence
+    assert ((W1[b, s, :30] - W0[b, s, :30]).abs().amax(-1) > 0.05).all()

@@ -380,9 +380,10 @@ def neighbour_overlap(W, pre_old, pre_new, fs_hz: float):
     show the early QRS coming. ECG is close to a superposition of beats, so: for every pair of
     consecutive beats whose interval shrank from ``pre_old`` to ``pre_new``, each window gains
     the part of its neighbour's window that the new interval puts inside it, where the old
-    interval left the window free of that neighbour. The neighbour enters relative to its own
-    window edge (its last sample for the previous beat, its first for the next), so the added
-    part meets the window continuously at the neighbour's edge.
+    interval left the window free of that neighbour, and where the old interval already showed
+    it, the neighbour's part at the old interval is swapped for its part at the new one. The
+    neighbour enters relative to its own window edge (its last sample for the previous beat, its
+    first for the next), so the added part meets the window continuously.
 
     W (B, T, L) windows, one beat's R at the same index in each; pre_old, pre_new (B, T) intervals
     to the previous beat in seconds; ``fs_hz`` the windows' rate. Returns new windows; draws nothing.
@@ -397,12 +398,14 @@ def neighbour_overlap(W, pre_old, pre_new, fs_hz: float):
         return W
     j = torch.arange(L)                                             # (L,) window index
     prev, cur = W[:, :-1], W[:, 1:]                                 # (B, T-1, L)
-    # into beat i: sample j of its window is sample j + d of the previous beat's
-    into_cur = closer & (j >= L - d_old) & (j < L - d_new)
-    tail = torch.gather(prev, 2, (j + d_new).clamp(max=L - 1)) - prev[..., -1:]
+    # into beat i: sample j of its window is sample j + d of the previous beat's (B, T-1, L)
+    into_cur = closer & (j < L - d_new)
+    was = torch.where(j + d_old < L, torch.gather(prev, 2, (j + d_old).clamp(max=L - 1)), prev[..., -1:])
+    tail = torch.gather(prev, 2, (j + d_new).clamp(max=L - 1)) - was
     # into beat i-1: sample j of its window is sample j - d of the next beat's
-    into_prev = closer & (j >= d_new) & (j < d_old)
-    head = torch.gather(cur, 2, (j - d_new).clamp(min=0)) - cur[..., :1]
+    into_prev = closer & (j >= d_new)
+    was = torch.where(j >= d_old, torch.gather(cur, 2, (j - d_old).clamp(min=0)), cur[..., :1])
+    head = torch.gather(cur, 2, (j - d_new).clamp(min=0)) - was
     out = W.clone()
     out[:, 1:] += torch.where(into_cur, tail, torch.zeros(()))
     out[:, :-1] += torch.where(into_prev, head, torch.zeros(()))
