@@ -14,6 +14,9 @@ Figures:
 * ``gradcam_V.png``: copied from ``ecgkit explain --method gradcam`` on a V beat of
   record 233 (a DS2 patient): the first one from beat 10 on that follows an N beat.
   Skipped, with a message, while the explain stage is not available.
+* ``neighbour_overlap.png``: what ``train.augment.neighbour_overlap`` does: a real premature
+  S beat of DS1 record 209 and the beat before it, beside a synthetic premature beat made
+  from two consecutive N beats of record 100, without and with the key. Needs the data only.
 
 The data directory is ``--data``, else ``$ECGKIT_DATA``. Every figure is made by ecgkit's
 own code paths; nothing is drawn from made-up numbers.
@@ -170,11 +173,71 @@ def gradcam(model: str, data: Path, out: Path, record: str = "233", cls: str = "
         return compact_png(dest, colors=256)
 
 
+def _windows(data: Path, record: str, spec: dict):
+    """(beat windows at the model's rate, RR features, labels) of a record's reference beats."""
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_annotations, read_record
+
+    rec = read_record(data / record)
+    samples, labels = reference_beats(*read_annotations(rec.path, "atr"))
+    prep = prepare_record(rec, samples, spec)
+    return prep["W"], prep["rr"], labels
+
+
+def neighbour_overlap_figure(data: Path, out: Path) -> Path:
+    """A real premature S beat (209) and a synthetic one (100) without / with neighbour_overlap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ecgkit.train import neighbour_overlap
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    fs, b = spec["fs_hz"], spec["before_samples"]
+    t = (np.arange(b + spec["after_samples"]) - b) / fs
+    W, rr, y = _windows(data, "209", spec)
+    # the first S beat at under 70 % of the local RR, between N beats
+    i = next(k for k in range(11, len(y) - 1) if y[k] == 1 and y[k - 1] == 0 and y[k + 1] == 0
+             and rr[k, 0] < 0.7 * rr[k, 2])
+    panels = [("record 209: a real S beat (A)\nand the N beat before it", W[i - 1], W[i], float(rr[i, 0]))]
+    W0, rr0, y0 = _windows(data, "100", spec)
+    k = next(k for k in range(11, len(y0) - 1) if (y0[k - 1:k + 2] == 0).all())
+    pre = torch.from_numpy(rr0[None, k - 1:k + 2, 0].copy())            # (1, 3) recorded intervals
+    new = pre.clone()
+    d = 0.4 * float(pre[0, 1])
+    new[0, 1] -= d                                                     # beat k at 0.6 of the interval ...
+    new[0, 2] += d                                                     # ... and the time given back after it
+    seq = torch.from_numpy(W0[None, k - 1:k + 2].copy())
+    moved = neighbour_overlap(seq, pre, new, fs)[0].numpy()
+    panels.append(("record 100: an N beat made premature (0.6 x RR),\nwindows as recorded", W0[k - 1], W0[k],
+                   float(new[0, 1])))
+    panels.append(("the same with neighbour_overlap:\neach window shows its neighbour", moved[0], moved[1],
+                   float(new[0, 1])))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharey=True)
+    for ax, (title, prev, cur, interval) in zip(axes, panels):
+        ax.plot(t - interval, prev, color="0.55", lw=1.0, label="window of the beat before")
+        ax.plot(t, cur, color="tab:red", lw=1.3, label="window of the premature beat")
+        ax.axvspan(t[0], t[-1], color="tab:red", alpha=0.05)
+        ax.set(title=title, xlabel="time from the premature beat's R (s)")
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("z-scored lead MLII")
+    axes[0].legend(fontsize=7.5, loc="lower left")
+    fig.tight_layout()
+    path = save_png(fig, out / "neighbour_overlap.png")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("ECGKIT_DATA"), help="MIT-BIH directory (default $ECGKIT_DATA)")
     ap.add_argument("--model", default=None, help="checkpoint or registered model (default: transnet if registered)")
-    ap.add_argument("--only", default="ecg,confusion,gradcam", help="comma-separated subset of ecg,confusion,gradcam")
+    ap.add_argument("--only", default="ecg,overlap,confusion,gradcam",
+                    help="comma-separated subset of ecg,overlap,confusion,gradcam")
     ap.add_argument("--out", default=str(IMG), help="output directory (default docs/img)")
     args = ap.parse_args(argv)
     if not args.data:
@@ -185,6 +248,8 @@ def main(argv=None) -> int:
     made = []
     if "ecg" in only:
         made.append(ecg_beats(data, out))
+    if "overlap" in only:
+        made.append(neighbour_overlap_figure(data, out))
     model = args.model or ("transnet" if _registered_model("transnet") else None)
     if only & {"confusion", "gradcam"} and model is None:
         print("skipping the confusion matrix and Grad-CAM figures: no model (pass --model CHECKPOINT)",
