@@ -19,25 +19,36 @@ from ecgkit.config import RunConfig, from_dict, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def shipped():
+#: registered name of each shipped checkpoint -> the example config that trains it
+SHIPPED = {"transnet": "mitdb_inter_patient.yaml", "transnet-2lead": "mitdb_inter_patient_2lead.yaml"}
+
+
+def _recipe(cfg: dict) -> dict:
+    """A run config without its run directories: where a run writes is not what it trains."""
+    return {**cfg, "run_dir": None, "quick": {**cfg["quick"], "run_dir": None}}
+
+
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def shipped(request):
     try:
-        path = resolve_model_path("transnet")
+        path = resolve_model_path(request.param)
     except Exception:
-        pytest.skip("ecgkit-transnet plugin (with its weights) not installed")
+        pytest.skip(f"ecgkit-transnet plugin (with its {request.param} weights) not installed")
     if not path.is_file():
         pytest.skip("ecgkit-transnet plugin ships no weights")
-    return path
+    return request.param, path
 
 
 def test_checkpoint_is_small_and_records_the_config_that_made_it(shipped):
-    assert shipped.stat().st_size < 2_000_000
-    ck = read_checkpoint(shipped)
-    cfg = asdict(load_config(REPO / "examples" / "mitdb_inter_patient.yaml"))
+    name, path = shipped
+    assert path.stat().st_size < 2_000_000
+    ck = read_checkpoint(path)
+    example = REPO / "examples" / SHIPPED[name]
+    cfg = asdict(load_config(example))
     # keys added to ecgkit after training take their defaults (which keep the old behaviour)
-    assert asdict(from_dict(RunConfig, json.loads(ck["config"]))) == cfg
+    assert _recipe(asdict(from_dict(RunConfig, json.loads(ck["config"])))) == _recipe(cfg)
     # the plugin's copy of the recipe is the example config
-    assert (shipped.parent / "transnet.yaml").read_text() == (REPO / "examples" / "mitdb_inter_patient.yaml").read_text()
+    assert (path.parent / f"{name}.yaml").read_text() == example.read_text()
     # and the software it was trained with (same config + seed give other weights under other versions)
     assert {"python", "platform", "torch", "numpy", "scipy", "wfdb"} <= set(ck["environment"])
     if cfg["train"]["ensemble"] > 1:
@@ -46,12 +57,23 @@ def test_checkpoint_is_small_and_records_the_config_that_made_it(shipped):
     assert ck["weights_dtype"] == cfg["train"]["weights_dtype"]
 
 
+def test_the_default_model_reads_one_lead_and_the_other_two():
+    from ecgkit.models import load_any_model
+
+    try:
+        [resolve_model_path(n) for n in SHIPPED]
+    except Exception:
+        pytest.skip("ecgkit-transnet plugin (with its weights) not installed")
+    assert load_any_model("transnet")[1]["channels"] == ["beat", "beat_minus_record_median"]
+    assert load_any_model("transnet-2lead")[1]["channels"][2:] == ["lead2", "lead2_minus_record_median"]
+
+
 def test_shipped_model_classifies_a_training_record(shipped, data_dir):
     from ecgkit.datasets import resolve_records
     from ecgkit.evaluate import classify_records
     from ecgkit.models import load_any_model
 
-    model, spec, _ = load_any_model("transnet")
+    model, spec, _ = load_any_model(shipped[0])
     y, p, _, _ = classify_records(model, spec, resolve_records(["119"], str(data_dir)), "reference")
     v = list(spec["classes"]).index("V")
     assert (y == p).mean() > 0.97                      # a random network is far from this

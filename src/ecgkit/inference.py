@@ -44,7 +44,7 @@ def second_lead(record: Record) -> tuple[str, np.ndarray]:
         from .errors import RecordError
 
         raise RecordError(f"record {record.name}: the model reads a second lead, but the record has only "
-                          f"{record.lead}")
+                          f"{record.lead}; use a one-lead model (`ecgkit plugins` lists them)")
     name = next(iter(record.others))
     return name, record.others[name]
 

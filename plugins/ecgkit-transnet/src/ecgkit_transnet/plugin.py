@@ -9,7 +9,11 @@ from pathlib import Path
 
 import ecgkit
 
-WEIGHTS = Path(__file__).parent / "weights" / "transnet.pt"
+#: Shipped checkpoints: registered name -> file. ``transnet`` (the default) reads the record's
+#: chosen lead; ``transnet-2lead`` reads its second lead too. Each file's recipe sits beside it as
+#: ``<name>.yaml`` (examples/mitdb_inter_patient.yaml and examples/mitdb_inter_patient_2lead.yaml).
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED = {"transnet": WEIGHTS_DIR / "transnet.pt", "transnet-2lead": WEIGHTS_DIR / "transnet-2lead.pt"}
 
 
 def transnet(**params):
@@ -50,4 +54,4 @@ def register_encoders():
 
 @ecgkit.hookimpl
 def register_models():
-    return {"transnet": str(WEIGHTS)} if WEIGHTS.is_file() else {}
+    return {name: str(path) for name, path in SHIPPED.items() if path.is_file()}
