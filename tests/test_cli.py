@@ -76,7 +76,7 @@ def test_plugins_json(runner):
     result = runner.invoke(cli, ["plugins", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"preprocessors", "segmenters", "encoders", "explainers"}
+    assert set(data) == {"preprocessors", "segmenters", "encoders", "explainers", "models"}
     for kind, items in data.items():
         assert isinstance(items, list)
         for item in items:
@@ -89,6 +89,44 @@ def test_plugins_json(runner):
         assert by_name[name]["plugin"] == "ecgkit"
         assert by_name[name]["description"]
     assert {i["name"] for i in data["preprocessors"] if i["plugin"] == "ecgkit"} == {"bandpass", "zscore", "resample"}
+
+
+def test_plugins_lists_shipped_models_with_what_they_read(runner, tmp_path, monkeypatch):
+    """A registered checkpoint is described from its stored input contract (here a tiny one-lead
+    and a tiny two-lead transnet registered by a plugin of the test's own)."""
+    import ecgkit
+    from ecgkit.checkpoint import save_checkpoint
+    from ecgkit.plugins import get_plugin_manager
+    from ecgkit.registry import create
+
+    small = {"d_model": 32, "n_layers": 1, "block_channels": [16, 16]}
+    two = {**small, "channels": ["beat", "beat_minus_record_median", "lead2", "lead2_minus_record_median"]}
+    paths = {}
+    for name, params in (("tiny-1", small), ("tiny-2", two)):
+        paths[name] = str(save_checkpoint(tmp_path / f"{name}.pt", create("encoders", "transnet", **params).eval(),
+                                          encoder="transnet", params=params))
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    paths["broken"] = str(tmp_path / "broken.pt")
+
+    class Shipper:
+        @ecgkit.hookimpl
+        def register_models(self):
+            return paths
+
+    pm = get_plugin_manager()
+    pm.register(Shipper(), name="test-shipper")
+    try:
+        result = runner.invoke(cli, ["plugins", "--json"])
+    finally:
+        pm.unregister(name="test-shipper")
+    assert result.exit_code == 0, result.output
+    models = {m["name"]: m for m in json.loads(result.stdout)["models"]}
+    assert models["tiny-1"]["plugin"] == "test-shipper"
+    assert "tiny-1.pt: transnet, reads 1 lead (beat, beat_minus_record_median) at 180.0 Hz, classes NSVFQ" \
+        == models["tiny-1"]["description"]
+    assert "reads 2 leads (beat, beat_minus_record_median, lead2, lead2_minus_record_median)" \
+        in models["tiny-2"]["description"]
+    assert models["broken"]["description"].startswith("broken.pt: unreadable (")
 
 
 def test_plugins_table(runner):

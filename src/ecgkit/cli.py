@@ -326,6 +326,23 @@ def run(config_path, quick, data, out):
     click.echo(f"report: {report}")
 
 
+def _model_description(path: str) -> str:
+    """What a shipped checkpoint is and reads, from the input contract stored with its weights."""
+    from .checkpoint import read_checkpoint
+    from .inference import uses_second_lead
+
+    try:
+        ck = read_checkpoint(path)
+    except EcgkitError as exc:
+        return f"{Path(path).name}: unreadable ({exc})"
+    spec = ck.get("input_spec", {})
+    members = len(ck.get("member_seeds") or [])
+    leads = "2 leads" if uses_second_lead(spec) else "1 lead"
+    return (f"{Path(path).name}: {ck.get('encoder', '?')}{f' of {members}' if members > 1 else ''}, reads "
+            f"{leads} ({', '.join(spec.get('channels', ()))}) at {spec.get('fs_hz')} Hz, "
+            f"classes {''.join(spec.get('classes', ()))}")
+
+
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_cmd(as_json):
@@ -335,6 +352,8 @@ def plugins_cmd(as_json):
     kinds = ("preprocessors", "segmenters", "encoders", "explainers")
     data = {k: [{"name": c.name, "plugin": c.plugin, "description": c.description}
                 for c in collect(k).values()] for k in kinds}
+    data["models"] = [{"name": c.name, "plugin": c.plugin, "description": _model_description(c.factory)}
+                      for c in collect("models").values()]
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
