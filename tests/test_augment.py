@@ -256,8 +256,8 @@ def test_neighbour_overlap_in_training_batches_changes_only_rewritten_sequences(
     from ecgkit.config import load_config
     from ecgkit.inference import prepare_record
     from ecgkit.io import read_record
-    from ecgkit.segment import labelled_peaks
     from ecgkit.registry import create
+    from ecgkit.segment import labelled_peaks
     from ecgkit.train import sample_batch, training_batch
 
     spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80, "classes": list("NSVFQ")}
