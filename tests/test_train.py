@@ -133,6 +133,9 @@ def test_training_writes_run_directory(data_dir, tiny_config):
     assert ck["environment"]["torch"] in (torch.__version__, torch.__version__.split("+")[0])
     assert (ck["environment"]["numpy"], ck["environment"]["scipy"]) == (numpy.__version__, scipy.__version__)
     assert ck["environment"]["wfdb"] == wfdb.__version__ and ck["environment"]["python"].count(".") == 2
+    # and the CPU: torch's kernels, hence the last bits of the weights, follow its vector instructions
+    assert ck["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(ck["environment"]["cpu"], str) and ck["environment"]["cpu"]
     hist = __import__("json").loads((run / "metrics.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2] and all("val_jk" in h for h in hist)
     # resume without a checkpoint is a clear error

@@ -46,10 +46,14 @@ def environment() -> dict:
     """Versions of what a trained checkpoint depends on beyond its config and seed.
 
     The same config and seed train to other weights under other numpy/scipy/wfdb/torch
-    builds (filters, resampling and kernels differ in the last bits), so a checkpoint records them.
+    builds (filters, resampling and kernels differ in the last bits), so a checkpoint records them,
+    and on another CPU: torch picks its kernels by the CPU's vector instructions
+    (``cpu_capability``, e.g. AVX2 or AVX512), and ``cpu`` names the processor.
     """
     import platform
     from importlib.metadata import PackageNotFoundError, version
+
+    import torch
 
     env = {"python": platform.python_version(), "platform": f"{platform.system()}-{platform.machine()}"}
     for dist in ("torch", "numpy", "scipy", "wfdb"):
@@ -57,7 +61,23 @@ def environment() -> dict:
             env[dist] = version(dist)
         except PackageNotFoundError:  # pragma: no cover - all are requirements
             env[dist] = None
+    env["cpu"] = _cpu_name()
+    env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return env
+
+
+def _cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None,
