@@ -91,7 +91,7 @@ def test_plugins_json(runner):
     assert {i["name"] for i in data["preprocessors"] if i["plugin"] == "ecgkit"} == {"bandpass", "zscore", "resample"}
 
 
-def test_plugins_lists_shipped_models_with_what_they_read(runner, tmp_path, monkeypatch):
+def test_plugins_lists_shipped_models_with_what_they_read(runner, tmp_path):
     """A registered checkpoint is described from its stored input contract (here a tiny one-lead
     and a tiny two-lead transnet registered by a plugin of the test's own)."""
     import ecgkit
