@@ -1,0 +1,116 @@
+"""benchmarks/rhythm_stress.py: records rebuilt from their own beats in a new rhythm.
+
+The check's conclusions rest on the construction being faithful: rebuilt in its own order and
+timing a record must come back unchanged, a moved beat must keep its recorded samples, and
+the rhythms must have the intervals and class shares they are described with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats
+from ecgkit.io import read_annotations, read_record
+
+
+@pytest.fixture(scope="module")
+def rs():
+    spec = importlib.util.spec_from_file_location(
+        "rhythm_stress", Path(__file__).parents[1] / "benchmarks" / "rhythm_stress.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def rec209(data_dir):
+    rec = read_record(data_dir / "209")
+    peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
+    return rec, peaks, np.array(AAMI_CLASSES)[cls]
+
+
+def _two_leads(rec, seconds=120):
+    n = int(seconds * rec.fs)
+    return np.stack([rec.signal[:n]] + [v[:n] for v in rec.others.values()], 1)
+
+
+def test_identity_rebuild_is_the_signal(rs, rec209):
+    rec, peaks, _ = rec209
+    x = _two_leads(rec)
+    p = peaks[peaks < len(x)]
+    y = rs.resequence(x, p, np.arange(p.size), p, len(x), fade=4)
+    np.testing.assert_allclose(y, x, rtol=0, atol=1e-12)
+
+
+def test_moved_beat_keeps_its_samples_and_gaps_are_straight(rs, rec209):
+    rec, peaks, _ = rec209
+    x = _two_leads(rec)
+    p = peaks[peaks < len(x)]
+    k = 50
+    out = p.copy()
+    out[k:] += 120                       # beat k and all after it come 1/3 s later: a pause before k
+    y = rs.resequence(x, p, np.arange(p.size), out, len(x) + 120, fade=0)
+    pre_src = p[k] - p[k - 1]
+    cut = p[k - 1] + int(np.floor(rs.SPLIT * pre_src))   # their recorded boundary
+    back = p[k] - cut                                    # 40 % of the recorded interval
+    assert abs(back - 0.4 * pre_src) <= 1
+    # beat k keeps its recorded samples from its recorded boundary on
+    np.testing.assert_array_equal(y[out[k] - back:out[k] + 30], x[p[k] - back:p[k] + 30])
+    # beat k-1, unmoved, keeps its samples up to the recorded boundary
+    np.testing.assert_array_equal(y[p[k - 1]:cut], x[p[k - 1]:cut])
+    # between them, a straight line from its last sample to beat k's first, and no NaN
+    gap = y[cut - 1:out[k] - back + 1]
+    assert len(gap) > 100
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(np.diff(gap, 2, axis=0), 0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind, share", [("sparse", (0.06, 0.12)), ("majority", (0.72, 0.84))])
+def test_rhythms_have_their_described_intervals(rs, rec209, kind, share):
+    rec, peaks, labels = rec209
+    order, out, y = rs.compose(peaks, labels, rec.fs, kind, 1800, np.random.default_rng(1))
+    assert len(y) == 1800 and (np.diff(out) > 0).all()
+    assert set(y) == {"N", "S"}
+    np.testing.assert_array_equal(y, labels[order])
+    assert share[0] < np.mean(y == "S") < share[1]
+    pre_src = np.diff(peaks, prepend=peaks[0])
+    pre_out = np.diff(out, prepend=out[0])
+    s = np.flatnonzero(y == "S")[1:]
+    ratio = pre_out[s] / pre_src[order[s]]  # every S beat at its own recorded coupling interval, 3 % jitter
+    assert np.median(np.abs(ratio - 1)) < 0.03 and np.abs(ratio - 1).max() < 0.2
+    n = np.flatnonzero(y == "N")[1:]
+    if kind == "majority":
+        # each N beat ends a run of S beats after a pause of 2.5 x the last S beat's coupling interval
+        assert (y[n - 1] == "S").all()
+        pause = pre_out[n] / pre_src[order[n - 1]]
+        assert 2.0 < pause.min() and pause.max() < 3.1 and abs(np.median(pause) - 2.5) < 0.1
+    else:
+        # sinus beats at the record's own N-N interval, S beats isolated
+        rr_n = np.median(pre_src[(labels == "N")])
+        assert abs(np.median(pre_out[n]) / rr_n - 1) < 0.05
+        assert not ((y[1:] == "S") & (y[:-1] == "S")).any()
+
+
+def test_rebuilt_record_is_classified_like_the_record(rs, rec209):
+    """The construction itself (band-pass before, the models' band-pass again) must not move classes."""
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.models import load_any_model
+
+    import dataclasses
+
+    rec, peaks, labels = rec209
+    n = int(360 * rec.fs)   # six minutes keep the test short
+    rec = dataclasses.replace(rec, signal=rec.signal[:n], others={k: v[:n] for k, v in rec.others.items()})
+    peaks, labels = peaks[peaks < n], labels[peaks < n]
+    model, spec, _ = load_any_model("transnet")
+    a = predict_log_proba(model, prepare_record(rec, peaks, spec), spec).argmax(1)
+    b = predict_log_proba(model, prepare_record(rs.rebuilt(rec, peaks), peaks, spec), spec).argmax(1)
+    assert np.mean(a == b) > 0.995
+    rec2, p2, y2 = rs.synthetic_record(rec, peaks, labels, "majority", 600,
+                                       np.random.default_rng(0))
+    assert set(rec2.others) == set(rec.others) and len(rec2.signal) == len(next(iter(rec2.others.values())))
+    assert p2[-1] < len(rec2.signal) and len(y2) == 600
