@@ -17,6 +17,9 @@ Figures:
 * ``neighbour_overlap.png``: what ``train.augment.neighbour_overlap`` does: a real premature
   S beat of DS1 record 209 and the beat before it, beside a synthetic premature beat made
   from two consecutive N beats of record 100, without and with the key. Needs the data only.
+* ``rhythm_stress.png``: the synthetic records of ``benchmarks/rhythm_stress.py``: DS1 record
+  209 as recorded, rebuilt from its own beats as a sparse-S rhythm and as an S-majority
+  rhythm (8 s each, reference labels). Needs the data only.
 
 The data directory is ``--data``, else ``$ECGKIT_DATA``. Every figure is made by ecgkit's
 own code paths; nothing is drawn from made-up numbers.
@@ -232,12 +235,56 @@ def neighbour_overlap_figure(data: Path, out: Path) -> Path:
     return path
 
 
+def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: float = 8.0) -> Path:
+    """Record 209 as recorded and rebuilt into the two rhythms of benchmarks/rhythm_stress.py."""
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats
+    from ecgkit.io import read_annotations, read_record
+
+    spec = importlib.util.spec_from_file_location("rhythm_stress", DOCS.parent / "benchmarks" / "rhythm_stress.py")
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+    rec = read_record(data / record)
+    peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
+    labels = np.array(AAMI_CLASSES)[cls]
+    rng = np.random.default_rng([0, int(record)])   # the benchmark's draws for this record
+    sparse = rs.synthetic_record(rec, peaks, labels, "sparse", 1800, rng)
+    majority = rs.synthetic_record(rec, peaks, labels, "majority", 1800, rng)
+    rows = [("as recorded (band-passed)", rs.rebuilt(rec, peaks), peaks, labels, 52.0),
+            ("sparse: sinus rhythm, about 1 beat in 10 an S beat at its recorded coupling interval", *sparse, 30.0),
+            ("majority: runs of S beats, each run ended by a pause and one N beat", *majority, 30.0)]
+    fig, axes = plt.subplots(3, 1, figsize=(12, 6.2), sharey=True)
+    n = int(seconds * rec.fs)
+    for ax, (title, r, p, y, start) in zip(axes, rows):
+        a = int(start * rec.fs)
+        t = np.arange(n) / rec.fs
+        ax.plot(t, r.signal[a:a + n], color="0.2", lw=0.9)
+        for q, lab in zip(p, y):
+            if a <= q < a + n:
+                ax.text((q - a) / rec.fs, 1.05 * r.signal[a:a + n].max(), lab, ha="center", fontsize=9,
+                        color="tab:red" if lab == "S" else "0.3", fontweight="bold" if lab == "S" else None)
+        ax.set_title(f"record {record}, {title}", fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time (s)")
+    axes[1].set_ylabel(f"lead {rec.lead} (mV)")
+    fig.tight_layout()
+    path = save_png(fig, out / "rhythm_stress.png")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("ECGKIT_DATA"), help="MIT-BIH directory (default $ECGKIT_DATA)")
     ap.add_argument("--model", default=None, help="checkpoint or registered model (default: transnet if registered)")
-    ap.add_argument("--only", default="ecg,overlap,confusion,gradcam",
-                    help="comma-separated subset of ecg,overlap,confusion,gradcam")
+    ap.add_argument("--only", default="ecg,overlap,stress,confusion,gradcam",
+                    help="comma-separated subset of ecg,overlap,stress,confusion,gradcam")
     ap.add_argument("--out", default=str(IMG), help="output directory (default docs/img)")
     args = ap.parse_args(argv)
     if not args.data:
@@ -250,6 +297,8 @@ def main(argv=None) -> int:
         made.append(ecg_beats(data, out))
     if "overlap" in only:
         made.append(neighbour_overlap_figure(data, out))
+    if "stress" in only:
+        made.append(rhythm_stress_figure(data, out))
     model = args.model or ("transnet" if _registered_model("transnet") else None)
     if only & {"confusion", "gradcam"} and model is None:
         print("skipping the confusion matrix and Grad-CAM figures: no model (pass --model CHECKPOINT)",
