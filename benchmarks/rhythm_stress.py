@@ -27,6 +27,13 @@ interval is bridged by a straight line, and 10 ms cross-fades remove the steps a
 
 Prints, per record and pooled: S beats found (Se), N beats called S, and V beats called S, for
 ``real``, ``sparse`` and ``majority``. DS1 only: it never reads DS2.
+
+How it is used (written in session 8, before any held-out fold model had been scored by it):
+a recipe change is adopted only if, besides its DS1 cross-validation rule, its held-out
+3-seed ensemble finds, pooled, no fewer than 5 points under the paired baseline's share of
+``majority`` S beats and of ``sparse`` S beats. The first question put to it: would it have
+stopped the session-7 two-lead recipe, which passed DS1 and lost DS2's record 232? It would
+have if that recipe's ``majority`` share is more than 5 points under the baseline's.
 """
 
 from __future__ import annotations
