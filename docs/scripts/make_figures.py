@@ -254,9 +254,10 @@ def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: fl
     peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
     labels = np.array(AAMI_CLASSES)[cls]
     rng = np.random.default_rng([0, int(record)])   # the benchmark's draws for this record
-    sparse = rs.synthetic_record(rec, peaks, labels, "sparse", 1800, rng)
-    majority = rs.synthetic_record(rec, peaks, labels, "majority", 1800, rng)
-    rows = [("as recorded (band-passed)", rs.rebuilt(rec, peaks), peaks, labels, 52.0),
+    x = rs.source_signal(rec)
+    sparse = rs.synthetic_record(rec, peaks, labels, "sparse", 1800, rng, x)
+    majority = rs.synthetic_record(rec, peaks, labels, "majority", 1800, rng, x)
+    rows = [("as recorded (band-passed)", rs.rebuilt(rec, peaks, x), peaks, labels, 52.0),
             ("sparse: sinus rhythm, about 1 beat in 10 an S beat at its recorded coupling interval", *sparse, 30.0),
             ("majority: runs of S beats, each run ended by a pause and one N beat", *majority, 30.0)]
     fig, axes = plt.subplots(3, 1, figsize=(12, 6.2), sharey=True)
