@@ -124,6 +124,50 @@ def test_fibrillatory_p_removes_the_p_wave_only(data_dir):
     assert resid.std(1).min() > 0.01 and not torch.allclose(resid[0], resid[1], atol=1e-3)
 
 
+def test_ectopic_p_reshapes_the_p_wave_of_synthetic_s_beats_only(data_dir):
+    """One focus per sequence: every S beat's P-segment deviation scaled by the same factor; N beats, QRS-T,
+    sequences not selected and (unless S is the majority) the median beat untouched; seeded."""
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.train import ectopic_p
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "100"))
+    samples, _ = reference_beats(*read_annotations(rec.path, "atr"))
+    d = prepare_record(rec, samples, spec, margin=4)
+    W = torch.from_numpy(np.stack([d["W"][100:132], d["W"][200:232], d["W"][300:332]]))  # (3, 32, L), R at 68
+    med = torch.from_numpy(np.stack([d["med"]] * 3))
+    y = torch.zeros(3, 32, dtype=torch.long)
+    y[0, ::4] = 1                       # S the minority (8 of 32)
+    y[1, :24] = 1                       # S the majority (24 of 32)
+    y[2, ::2] = 1                       # not selected
+    sel = torch.tensor([True, True, False])
+    a, b = 68 - round(0.32 * 180), 68 - round(0.07 * 180)
+    W2, med2 = ectopic_p(W, med, y, sel, torch.Generator().manual_seed(0), 68, 180.0)
+    W3, med3 = ectopic_p(W, med, y, sel, torch.Generator().manual_seed(0), 68, 180.0)
+    assert torch.equal(W2, W3) and torch.equal(med2, med3)
+    assert torch.equal(W2[..., :a], W[..., :a]) and torch.equal(W2[..., b:], W[..., b:])  # outside the P segment
+    assert torch.equal(W2[y == 0], W[y == 0]) and torch.equal(W2[2], W[2])                # N beats, unselected
+    assert torch.equal(med2[0], med[0]) and torch.equal(med2[2], med[2])                 # minority: median kept
+    k = torch.linspace(0, 1, b - a)
+    mid = slice(a + 8 - a, b - 8 - a)                                                    # inside the taper
+
+    def factors(Wx, Wo):  # per beat, the deviation from the end-to-end line, new / old (least squares)
+        line = lambda x: x[..., :1] + (x[..., -1:] - x[..., :1]) * k  # noqa: E731
+        dn, do = (Wx[..., a:b] - line(Wx[..., a:b]))[..., mid], (Wo[..., a:b] - line(Wo[..., a:b]))[..., mid]
+        return (dn * do).sum(-1) / (do * do).sum(-1)
+
+    for s in (0, 1):
+        f = factors(W2[s, y[s] == 1], W[s, y[s] == 1])
+        assert -1.0 - 1e-4 <= f.min() and f.max() <= 0.5 + 1e-4 and float(f.max() - f.min()) < 1e-3  # one focus
+    assert float(factors(W2[0, y[0] == 1], W[0, y[0] == 1])[0]) != pytest.approx(
+        float(factors(W2[1, y[1] == 1], W[1, y[1] == 1])[0]), abs=1e-3)                # foci differ by sequence
+    # the majority sequence's median beat gets that same P wave
+    assert float(factors(med2[1:2], med[1:2])[0]) == pytest.approx(float(factors(W2[1, :1], W[1, :1])[0]), abs=1e-3)
+    # the median beat of record 100 has a clear P wave, so the change is visible, not a rounding
+    assert (med2[1, a:b] - med[1, a:b]).abs().max() > 0.1
+
+
 def test_ventricular_shape_changes_only_v_beats(data_dir):
     from ecgkit.inference import prepare_record
     from ecgkit.io import read_record

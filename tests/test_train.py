@@ -535,6 +535,31 @@ def test_ventricular_ectopy_trains_and_changes_only_what_it_should(data_dir, tin
     assert any(not torch.equal(runs["off"][k], runs["on"][k]) for k in runs["off"] if runs["off"][k].is_floating_point())
 
 
+def test_ectopic_p_trains_and_is_refused_where_it_cannot_act(data_dir, tiny_config, tmp_path):
+    """train.augment.ectopic_p feeds training (other weights); off, the recipe is bit-identical; without
+    synthetic_ectopy, or for a two-lead model, it is a one-line config error."""
+    from ecgkit.errors import ConfigError
+    from ecgkit.train import train
+
+    data = {**TINY["data"], "val": []}
+    runs = {}
+    for name, aug in (("off", {"synthetic_ectopy": 1.0}), ("false", {"synthetic_ectopy": 1.0, "ectopic_p": False}),
+                      ("on", {"synthetic_ectopy": 1.0, "ectopic_p": True})):
+        cfg = load_config(tiny_config(data=data, train={**TINY["train"], "epochs": 1, "augment": aug}))
+        runs[name] = _weights(train(cfg, run_dir=tmp_path / name, data_dir=data_dir, show_progress=False,
+                                    log=lambda m: None))
+    assert all(torch.equal(runs["off"][k], runs["false"][k]) for k in runs["off"])
+    assert any(not torch.equal(runs["off"][k], runs["on"][k]) for k in runs["off"] if runs["off"][k].is_floating_point())
+    with pytest.raises(ConfigError, match="needs 'train.augment.synthetic_ectopy'"):
+        load_config(tiny_config(train={**TINY["train"], "augment": {"ectopic_p": True}}))
+    two = {**TINY["model"], "params": {**TINY["model"]["params"],
+                                       "channels": ["beat", "beat_minus_record_median", "lead2"]}}
+    cfg = load_config(tiny_config(data=data, model=two, train={**TINY["train"], "epochs": 1,
+                                  "augment": {"synthetic_ectopy": 1.0, "ectopic_p": True}}))
+    with pytest.raises(ConfigError, match="ectopic_p edit one lead only"):
+        train(cfg, run_dir=tmp_path / "two", data_dir=data_dir, show_progress=False, log=lambda m: None)
+
+
 def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     """ensemble_cv --adapt-bn: BatchNorm statistics become those of the record's beats, on a copy."""
     from ecgkit.checkpoint import input_spec

@@ -57,6 +57,7 @@ class AugmentConfig:
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
     ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
     ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
+    ectopic_p: bool = False          # synthetic_ectopy's S beats get an ectopic P wave (and the median, if they are the majority)
     neighbour_overlap: bool = False  # windows follow the synthetic RR: neighbours brought closer show in each other's window
 
 
@@ -212,6 +213,9 @@ def validate(cfg: RunConfig) -> None:
         if not 0.0 <= getattr(t.augment, name) <= 1.0:
             raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
                               f"got {getattr(t.augment, name)}")
+    if t.augment.ectopic_p and t.augment.synthetic_ectopy <= 0:
+        raise ConfigError("config key 'train.augment.ectopic_p' edits the beats of synthetic_ectopy; "
+                          "it needs 'train.augment.synthetic_ectopy' > 0")
     if not 0.0 <= t.ema < 1.0:
         raise ConfigError(f"config key 'train.ema' must be a decay in [0, 1) (0 = off), got {t.ema}")
     if t.class_weight_labels not in ("records", "augmented"):

@@ -251,6 +251,45 @@ def fibrillatory_p(W, med, g: torch.Generator, r_index: int, fs: float):
     return W, med
 
 
+def ectopic_p(W, med, y, sel, g: torch.Generator, r_index: int, fs: float, s_class: int = 1):
+    """Give the premature beats of synthetic-ectopy sequences an ectopic P wave (a morphology augmentation).
+
+    :func:`synthetic_ectopy` relabels beats S by timing alone, so its S beats carry the patient's
+    sinus P wave, identical to the sinus beats around them and to the median beat; a real atrial
+    premature beat starts from another focus, and its P wave differs in shape or polarity. For
+    each sequence in ``sel`` one focus is drawn (a unifocal rhythm): the P segment of every S
+    beat, R - 320 ms .. R - 70 ms as in :func:`fibrillatory_p`, keeps the straight line between
+    its ends and has its deviation from that line multiplied by ``a ~ U(-1, 0.5)`` (inverted to
+    halved; tapered in over 8 samples). Where the S beats are the majority of the sequence, the
+    median beat gets the same P wave: a record's median beat is a beat of its majority rhythm,
+    as it is in a record whose ectopic beats outnumber its sinus ones. QRS, T and the N beats
+    are untouched. Returns new ``(W, med)``.
+    """
+    n, T, L = W.shape
+    a0, b0 = max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+    if not sel.any() or b0 - a0 < 4:
+        return W, med
+    k = torch.arange(b0 - a0, dtype=W.dtype) / (b0 - a0 - 1)
+    ramp = torch.clamp(torch.minimum(k, 1 - k) * (b0 - a0 - 1) / 8, 0, 1)
+
+    def refocus(x, a):  # (..., L): P-segment deviation from its end-to-end line times a
+        line = x[..., a0:a0 + 1] + (x[..., b0 - 1:b0] - x[..., a0:a0 + 1]) * k
+        x = x.clone()
+        x[..., a0:b0] = line + (x[..., a0:b0] - line) * (1 + (a - 1) * ramp)
+        return x
+
+    W, med = W.clone(), med.clone()
+    for b in sel.nonzero()[:, 0].tolist():
+        a = -1.0 + 1.5 * float(torch.rand(1, generator=g))
+        ect = y[b] == s_class
+        if not ect.any():
+            continue
+        W[b, ect] = refocus(W[b, ect], a)
+        if ect.float().mean() > 0.5:
+            med[b] = refocus(med[b], a)
+    return W, med
+
+
 def synthetic_s(rr, y, g: torch.Generator, p: float):
     """Synthetic supraventricular premature beats (a label-changing RR augmentation).
 
@@ -445,6 +484,11 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
             classes = list(spec["classes"])
             W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
                                       classes.index("S"), classes.index("V"))
+        if tc.augment.ectopic_p:
+            ect_full = torch.zeros_like(keep)
+            ect_full[keep] = ect
+            W, med = ectopic_p(W, med, y, ect_full, g, margin + spec["before_samples"], spec["fs_hz"],
+                               list(spec["classes"]).index("S"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
@@ -525,9 +569,10 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     n_classes = len(spec["classes"])
     margin = min(tc.augment.shift_samples, MARGIN_MAX)
     check_channels(spec)
-    if uses_second_lead(spec) and (tc.augment.ventricular_ectopy > 0 or tc.augment.ventricular_shape > 0):
-        raise ConfigError("train.augment.ventricular_ectopy and ventricular_shape edit one lead only; "
-                          "set them to 0 for a model that reads a second lead")
+    if uses_second_lead(spec) and (tc.augment.ventricular_ectopy > 0 or tc.augment.ventricular_shape > 0
+                                   or tc.augment.ectopic_p):
+        raise ConfigError("train.augment.ventricular_ectopy, ventricular_shape and ectopic_p edit one lead only; "
+                          "turn them off for a model that reads a second lead")
 
     data_root = data_dir or cfg.data.data
     train_paths = resolve_records(cfg.data.train, data_root)
