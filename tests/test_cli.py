@@ -129,6 +129,30 @@ def test_plugins_lists_shipped_models_with_what_they_read(runner, tmp_path):
     assert models["broken"]["description"].startswith("broken.pt: unreadable (")
 
 
+def test_combine_writes_a_model_that_names_its_members(runner, tmp_path):
+    """ecgkit combine: a one-lead and a two-lead model into one; bad members are one-line errors, no file."""
+    from ecgkit.checkpoint import read_checkpoint, save_checkpoint
+    from ecgkit.registry import create
+
+    small = {"d_model": 32, "n_layers": 1, "block_channels": [16, 16]}
+    two = {**small, "channels": ["beat", "beat_minus_record_median", "lead2", "lead2_minus_record_median"]}
+    for name, params in (("a", small), ("b", two)):
+        save_checkpoint(tmp_path / f"{name}.pt", create("encoders", "transnet", **params).eval(),
+                        encoder="transnet", params=params)
+    out = tmp_path / "mix.pt"
+    result = runner.invoke(cli, ["combine", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "reads beat, beat_minus_record_median, lead2, lead2_minus_record_median" in result.stdout
+    ck = read_checkpoint(out)
+    assert ck["combined"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")] and ck["state_dict"] == {}
+    bad = tmp_path / "bad.pt"
+    for args, frag in (([str(tmp_path / "a.pt")], "at least two"),
+                       ([str(tmp_path / "a.pt"), str(tmp_path / "nope.pt")], "not found")):
+        r = runner.invoke(cli, ["combine", *args, "--out", str(bad)])
+        assert_one_line_error(r, frag)
+        assert not bad.exists()
+
+
 def test_plugins_table(runner):
     result = runner.invoke(cli, ["plugins"])
     assert result.exit_code == 0

@@ -152,3 +152,137 @@ def test_onnx_export_of_an_ensemble_matches_torch(ens, tmp_path):
     got = np.asarray(model(w, rr))
     np.testing.assert_allclose(got, ref, atol=1e-4)
     assert spec["classes"] == ens.input_spec["classes"]
+
+
+# --- members that read different channels; combined checkpoints (ecgkit combine) ---------------------------
+
+TWO = {**PARAMS, "channels": ["beat", "beat_minus_record_median", "lead2", "lead2_minus_record_median"]}
+ONE_LEAD = {**PARAMS, "channels": ["lead2", "beat"]}   # another subset, in another order
+
+
+@pytest.fixture(scope="module")
+def mixed_files(tmp_path_factory):
+    """Two trained-model files: a two-member one-lead ensemble and a four-channel network."""
+    d = tmp_path_factory.mktemp("mixed")
+    torch.manual_seed(1)
+    one = create("encoders", "ensemble", members=MEMBERS).eval()
+    two = create("encoders", "transnet", **TWO).eval()
+    p1 = save_checkpoint(d / "one.pt", one, encoder="ensemble", params={"members": MEMBERS})
+    p2 = save_checkpoint(d / "two.pt", two, encoder="transnet", params=TWO)
+    return d, one, two, p1, p2
+
+
+def _inputs4(T=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, T, 4, 144, generator=g), 0.6 + 0.4 * torch.rand(2, T, 4, generator=g)
+
+
+def test_members_may_read_different_channels_each_getting_its_own():
+    torch.manual_seed(2)
+    a, b = create("encoders", "transnet", **PARAMS).eval(), create("encoders", "transnet", **ONE_LEAD).eval()
+    c = create("encoders", "transnet", **TWO).eval()
+    ens = Ensemble([a, b, c]).eval()
+    # the union of the members' channels, in the order they first appear
+    assert ens.input_spec["channels"] == ["beat", "beat_minus_record_median", "lead2", "lead2_minus_record_median"]
+    w, rr = _inputs4()
+    with torch.no_grad():
+        out = ens(w, rr)
+        each = [torch.log_softmax(a(w[:, :, [0, 1]], rr), -1), torch.log_softmax(b(w[:, :, [2, 0]], rr), -1),
+                torch.log_softmax(c(w, rr), -1)]
+    torch.testing.assert_close(out, sum(each) / 3)
+    # members that read the same channels are handed the windows as they are (the old behaviour)
+    assert Ensemble([a, a]).member_channels == [None, None]
+
+
+def test_combined_checkpoint_names_its_members_and_averages_them(mixed_files):
+    from ecgkit.ensemble import save_combined
+
+    d, one, two, p1, p2 = mixed_files
+    (d / "sub").mkdir()
+    out = save_combined(d / "sub" / "mix.pt", [str(p1), str(p2)])
+    ck = read_checkpoint(out)
+    assert ck["weights"] == "members" and ck["state_dict"] == {}
+    assert [m["model"] for m in ck["params"]["members"]] == ["../one.pt", "../two.pt"]  # relative to the file
+    assert out.stat().st_size < 20_000                                                 # no weights copied
+    mix, _ = load_model(str(out))
+    w, rr = _inputs4(T=20, seed=4)
+    with torch.no_grad():
+        # the one-lead ensemble counts once, as the mean of its own members (renormalised)
+        ref = (torch.log_softmax(one(w[:, :, :2], rr), -1) + torch.log_softmax(two(w, rr), -1)) / 2
+        torch.testing.assert_close(mix(w, rr), ref)
+        # which differs from the flat mean over all three networks by one constant per beat: same classes
+        flat = (torch.log_softmax(one.members[0](w[:, :, :2], rr), -1) + torch.log_softmax(one.members[1](w[:, :, :2], rr), -1)
+                + 2 * torch.log_softmax(two(w, rr), -1)) / 4
+        shift = mix(w, rr) - flat
+        torch.testing.assert_close(shift, shift[..., :1].expand_as(shift))
+    # moved with its members, it still loads: paths are relative to the combined file
+    import shutil
+
+    moved = d / "moved"
+    (moved / "sub").mkdir(parents=True)
+    for f in ("one.pt", "two.pt"):
+        shutil.copy(d / f, moved / f)
+    shutil.copy(out, moved / "sub" / "mix.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(str(moved / "sub" / "mix.pt"))[0](w, rr), ref)
+
+
+def test_combined_checkpoints_refuse_what_cannot_work(mixed_files, tmp_path):
+    from ecgkit.errors import CheckpointError
+    from ecgkit.ensemble import save_combined
+
+    d, one, two, p1, p2 = mixed_files
+    with pytest.raises(ConfigError, match="at least two"):
+        save_combined(tmp_path / "a.pt", [str(p1)])
+    other = save_checkpoint(tmp_path / "fs.pt", create("encoders", "transnet", **{**PARAMS, "fs_hz": 250.0}),
+                            encoder="transnet", params={**PARAMS, "fs_hz": 250.0})
+    with pytest.raises(ConfigError, match="fs_hz"):
+        save_combined(tmp_path / "b.pt", [str(p1), str(other)])
+    assert not (tmp_path / "b.pt").exists()                        # nothing written on an error
+    with pytest.raises(CheckpointError, match="not found"):
+        save_combined(tmp_path / "c.pt", [str(p1), str(tmp_path / "missing.pt")])
+    # a combined model may contain a combined model, but not itself
+    inner = save_combined(tmp_path / "inner.pt", [str(p1), str(p2)])
+    outer = save_combined(tmp_path / "outer.pt", [str(inner), str(p2)])
+    assert load_model(str(outer))[0].input_spec["channels"] == TWO["channels"]
+    ck = read_checkpoint(inner)
+    ck["params"] = {"members": [{"model": "inner.pt"}, {"model": "two.pt"}]}
+    torch.save(ck, tmp_path / "inner.pt")
+    (tmp_path / "two.pt").write_bytes(p2.read_bytes())
+    with pytest.raises(CheckpointError, match="contains itself"):
+        load_model(str(inner))
+    # a checkpoint without weights must be an ensemble of trained models
+    ck = read_checkpoint(inner)
+    ck["params"] = {"members": MEMBERS}
+    torch.save(ck, tmp_path / "fake.pt")
+    with pytest.raises(CheckpointError, match="without weights of its own"):
+        load_model(str(tmp_path / "fake.pt"))
+
+
+def test_gradcam_of_a_mixed_ensemble_gives_each_member_its_channels(mixed_files):
+    d, one, two, p1, p2 = mixed_files
+    ens = Ensemble([one, two]).eval()
+    w, rr = _inputs4(T=8, seed=5)
+    a = create("explainers", "gradcam", model=ens)(w[:1], rr[:1], 3, 2)
+    p_one = create("explainers", "gradcam", model=one)(w[:1, :, :2], rr[:1], 3, 2)   # (2, 144)
+    p_two = create("explainers", "gradcam", model=two)(w[:1], rr[:1], 3, 2)          # (4, 144)
+    assert a.shape == (4, 144)
+    np.testing.assert_allclose(a, np.repeat((p_one[:1] + p_two[:1]) / 2, 4, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_of_a_combined_model_matches_torch(mixed_files, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ecgkit.ensemble import save_combined
+    from ecgkit.models import load_any_model
+    from ecgkit.quantize import export_onnx
+
+    d, one, two, p1, p2 = mixed_files
+    mix = save_combined(tmp_path / "mix.pt", [str(p1), str(p2)])
+    out = export_onnx(str(mix), tmp_path / "mix.onnx")
+    model, spec, _ = load_any_model(str(out))
+    w, rr = _inputs4(T=20, seed=6)
+    with torch.no_grad():
+        ref = load_model(str(mix))[0](w, rr).numpy()
+    np.testing.assert_allclose(np.asarray(model(w, rr)), ref, atol=1e-4)
+    assert spec["channels"] == TWO["channels"]

@@ -76,3 +76,29 @@ def test_shipped_model_classifies_a_training_record(shipped, data_dir):
     v = list(spec["classes"]).index("V")
     assert (y == p).mean() > 0.97                      # a random network is far from this
     assert ((p == v) & (y == v)).sum() / (y == v).sum() > 0.95   # 119: ventricular bigeminy
+
+
+def test_transnet_mix_is_the_two_shipped_models_averaged(data_dir):
+    """transnet-mix holds no weights: it names transnet and transnet-2lead, and classifies as their mean."""
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.models import load_any_model
+
+    try:
+        path = resolve_model_path("transnet-mix")
+    except Exception:
+        pytest.skip("ecgkit-transnet plugin (with its weights) not installed")
+    assert path.stat().st_size < 20_000
+    ck = read_checkpoint(path)
+    assert ck["weights"] == "members" and ck["state_dict"] == {}
+    assert ck["params"]["members"] == [{"model": "transnet"}, {"model": "transnet-2lead"}]
+    rec = read_record(data_dir / "119")
+    peaks = reference_beats(*read_annotations(rec.path, "atr"))[0][:600]
+    lps = []
+    for name in ("transnet-mix", "transnet", "transnet-2lead"):
+        model, spec, _ = load_any_model(name)
+        lps.append(predict_log_proba(model, prepare_record(rec, peaks, spec), spec))
+    assert (lps[0].argmax(1) == ((lps[1] + lps[2]) / 2).argmax(1)).all()
+    # and the members disagree somewhere, so the mean is not one of them
+    assert (lps[1].argmax(1) != lps[2].argmax(1)).any() or np.abs(lps[1] - lps[2]).max() > 0.1

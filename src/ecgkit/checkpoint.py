@@ -81,18 +81,22 @@ def _cpu_name() -> str:
 
 
 def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | None = None,
-                    dtype: str = "float32") -> Path:
+                    dtype: str = "float32", weights: str = "own") -> Path:
     """Write a checkpoint atomically (temp file, then rename).
 
     ``dtype="float16"`` stores floating-point weights at half precision (half the file; loading
-    casts them back to the model's float32 parameters).
+    casts them back to the model's float32 parameters). ``weights="members"``: an ensemble whose
+    members are trained models by reference (:func:`ecgkit.ensemble.save_combined`); no weights
+    are stored, loading takes them from the members' files.
     """
     from .io import atomic_write
 
     if dtype not in WEIGHTS_DTYPES:
         raise CheckpointError(f"checkpoint dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {dtype!r}")
+    if weights not in ("own", "members"):
+        raise CheckpointError(f"checkpoint weights must be 'own' or 'members', got {weights!r}")
     module = getattr(model, "module", model)  # unwrap DDP
-    state = module.state_dict()
+    state = module.state_dict() if weights == "own" else {}
     if dtype == "float16":
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
@@ -102,6 +106,7 @@ def save_checkpoint(path, model, *, encoder: str, params: dict, extra: dict | No
         "input_spec": _plain(input_spec(module)),
         "state_dict": state,
         "weights_dtype": dtype,
+        **({"weights": "members"} if weights == "members" else {}),
         "ecgkit_version": __version__,
         "environment": environment(),
         **{k: (v if k == "optimizer" else _plain(v)) for k, v in (extra or {}).items()},
@@ -150,16 +155,45 @@ def resolve_model_path(name_or_path: str) -> Path:
     raise CheckpointError(f"unknown model {name_or_path!r}: not a registered model ({known}) nor a file")
 
 
-def load_model(name_or_path: str):
-    """Build the encoder named in a checkpoint and load its weights; returns ``(model, checkpoint)``."""
-    from .registry import create
+#: checkpoints being loaded (outermost first): a combined checkpoint that names itself is an error
+_LOADING: list[Path] = []
 
-    ck = read_checkpoint(resolve_model_path(name_or_path))
-    model = create("encoders", ck["encoder"], **ck["params"])
+
+def load_model(name_or_path: str):
+    """Build the encoder named in a checkpoint and load its weights; returns ``(model, checkpoint)``.
+
+    A combined checkpoint (``weights: members``, written by ``ecgkit combine``) names its members
+    instead of holding weights: each is loaded in turn (a relative file path is relative to the
+    combined checkpoint's directory).
+    """
+    from .ensemble import by_reference
+    from .registry import collect, create
+
+    path = resolve_model_path(name_or_path)
+    ck = read_checkpoint(path)
+    params = ck["params"]
+    combined = ck.get("weights") == "members"
+    if combined:
+        if ck["encoder"] != "ensemble" or not by_reference(params):
+            raise CheckpointError(f"{path}: a checkpoint without weights of its own must be an ensemble "
+                                  f"of trained models ({{'model': NAME}} members)")
+        registered = collect("models")
+        params = {**params, "members": [
+            {"model": m["model"] if m["model"] in registered or Path(m["model"]).is_absolute()
+             else str(path.resolve().parent / m["model"])} for m in params["members"]]}
+    key = path.resolve()
+    if key in _LOADING:
+        raise CheckpointError(f"{path}: a combined model that contains itself")
+    _LOADING.append(key)
     try:
-        model.load_state_dict(ck["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights do not fit encoder {ck['encoder']!r}: "
-                              f"{first_line(exc)}") from None
+        model = create("encoders", ck["encoder"], **params)
+    finally:
+        _LOADING.pop()
+    if not combined:
+        try:
+            model.load_state_dict(ck["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint weights do not fit encoder {ck['encoder']!r}: "
+                                  f"{first_line(exc)}") from None
     model.eval()
     return model, ck

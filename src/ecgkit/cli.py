@@ -291,6 +291,24 @@ def explain(model, record, beat, sample_id, method, cls, n_beats, target, no_con
 
 
 @cli.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output checkpoint file.")
+def combine(models, out):
+    """Average trained MODELS (registered names or checkpoint files) into one model.
+
+    Writes a small checkpoint that names its members instead of copying their weights. Members
+    may read different channels (a one-lead and a two-lead model); the combined model reads them
+    all. Their per-beat log-probabilities are averaged, each member's own ensemble counting once.
+    """
+    from .ensemble import save_combined
+    from .models import load_any_model
+
+    path = save_combined(out, list(models))
+    _, spec, _ = load_any_model(str(path))
+    click.echo(f"wrote {path}: ensemble of {', '.join(models)}, reads {', '.join(spec['channels'])}")
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", default="transnet", show_default=True, help="Registered model name or checkpoint file.")
 @click.option("--segmenter", default="pan-tompkins", show_default=True, help="Registered segmenter name.")
@@ -338,6 +356,9 @@ def _model_description(path: str) -> str:
     spec = ck.get("input_spec", {})
     members = len(ck.get("member_seeds") or [])
     leads = "2 leads" if uses_second_lead(spec) else "1 lead"
+    if ck.get("combined"):
+        return (f"{Path(path).name}: ensemble of {', '.join(map(str, ck['combined']))}, reads {leads} "
+                f"({', '.join(spec.get('channels', ()))}) at {spec.get('fs_hz')} Hz, classes {''.join(spec.get('classes', ()))}")
     return (f"{Path(path).name}: {ck.get('encoder', '?')}{f' of {members}' if members > 1 else ''}, reads "
             f"{leads} ({', '.join(spec.get('channels', ()))}) at {spec.get('fs_hz')} Hz, "
             f"classes {''.join(spec.get('classes', ()))}")

@@ -241,9 +241,12 @@ def _ensemble_gradcam(model, relu: bool):
     its own logits), so one member's scale does not depend on the others' log-probabilities.
     """
     parts = [gradcam(m, None, relu) for m in model.members]
+    pick = getattr(model, "member_windows", lambda i, w: w)  # members may read a subset of the channels
 
     def explain(windows, rr, beat_index, target):
-        maps = [p(windows, rr, beat_index, target) for p in parts]
+        C = windows.shape[2]
+        # a Grad-CAM map is one curve over the samples, the same for every channel of the beat
+        maps = [np.repeat(p(pick(i, windows), rr, beat_index, target)[:1], C, axis=0) for i, p in enumerate(parts)]
         explain.layer_name = f"members.*.{parts[0].layer_name}"
         return np.mean(maps, axis=0).astype(np.float32)
 

@@ -12,8 +12,10 @@ import ecgkit
 #: Shipped checkpoints: registered name -> file. ``transnet`` (the default) reads the record's
 #: chosen lead; ``transnet-2lead`` reads its second lead too. Each file's recipe sits beside it as
 #: ``<name>.yaml`` (examples/mitdb_inter_patient.yaml and examples/mitdb_inter_patient_2lead.yaml).
+#: ``transnet-mix`` holds no weights: it averages the two (``ecgkit combine transnet transnet-2lead``).
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"transnet": WEIGHTS_DIR / "transnet.pt", "transnet-2lead": WEIGHTS_DIR / "transnet-2lead.pt"}
+SHIPPED = {"transnet": WEIGHTS_DIR / "transnet.pt", "transnet-2lead": WEIGHTS_DIR / "transnet-2lead.pt",
+           "transnet-mix": WEIGHTS_DIR / "transnet-mix.pt"}
 
 
 def transnet(**params):
