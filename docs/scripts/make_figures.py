@@ -8,6 +8,9 @@ Figures:
 
 * ``ecg_beats.png``: MIT-BIH record 100 (lead MLII, first 10 s) with its reference beats
   and the beats detected by the ``pan-tompkins`` segmenter. Needs the data only.
+* ``ectopic_p.png``: real atrial premature beats of DS1 record 220 against its median beat,
+  and a sinus beat of record 100 with the P waves ``train.augment.ectopic_p`` draws for it.
+  Needs the data only.
 * ``confusion_matrix.png``: copied from ``ecgkit evaluate --model MODEL --split DS2
   --out DIR`` (the command writes it). Needs a model: ``--model`` (a checkpoint or a
   registered name; default ``transnet`` when the plugin ships its weights).
@@ -235,6 +238,59 @@ def neighbour_overlap_figure(data: Path, out: Path) -> Path:
     return path
 
 
+def ectopic_p_figure(data: Path, out: Path) -> Path:
+    """Real S beats against their patient's median (220) beside what train.augment.ectopic_p draws (100)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.train import ectopic_p
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    fs, b = spec["fs_hz"], spec["before_samples"]
+    t = (np.arange(b + spec["after_samples"]) - b) / fs
+    a0, b0 = b - round(0.32 * fs), b - round(0.07 * fs)
+
+    def prep(record):
+        rec = read_record(data / record)
+        samples, labels = reference_beats(*read_annotations(rec.path, "atr"))
+        return prepare_record(rec, samples, spec), labels
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.4), sharey=True)
+    d, y = prep("220")
+    ax = axes[0]
+    ax.plot(t, d["med"], color="0.2", lw=1.6, label="median beat (sinus)")
+    for j, i in enumerate(np.flatnonzero(y == 1)[5:45:8]):
+        ax.plot(t, d["W"][i], color="tab:red", lw=0.9, alpha=0.7, label="S beats (A)" if j == 0 else None)
+    ax.set_title("record 220 (DS1): real atrial premature beats against the median beat", fontsize=9)
+    d, y = prep("100")
+    W = torch.from_numpy(np.stack([d["W"][100:104]] * 3))           # 3 sequences of 4 sinus beats
+    med = torch.from_numpy(np.stack([d["med"]] * 3))
+    yy = torch.ones(3, 4, dtype=torch.long)
+    W2, _ = ectopic_p(W, med, yy, torch.ones(3, dtype=torch.bool), torch.Generator().manual_seed(5), b, fs)  # factors 0.25, -0.81, 0.36
+    ax = axes[1]
+    ax.plot(t, W[0, 0], color="0.2", lw=1.6, label="a sinus beat")
+    for j in range(3):
+        ax.plot(t, W2[j, 0], lw=0.9, color=("tab:red", "tab:orange", "tab:purple")[j],
+                label="with ectopic_p, three foci" if j == 0 else None)
+    ax.set_title("record 100: one sinus beat and the P waves ectopic_p gives it", fontsize=9)
+    for ax in axes:
+        ax.axvspan(t[a0], t[b0 - 1], color="tab:blue", alpha=0.07, label="P segment edited")
+        ax.set(xlabel="time from R (s)", xlim=(t[0], 0.25))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5, loc="lower left")
+    axes[0].set_ylabel("z-scored lead MLII")
+    fig.tight_layout()
+    path = save_png(fig, out / "ectopic_p.png")
+    plt.close(fig)
+    return path
+
+
 def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: float = 8.0) -> Path:
     """Record 209 as recorded and rebuilt into the two rhythms of benchmarks/rhythm_stress.py."""
     import importlib.util
@@ -284,8 +340,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("ECGKIT_DATA"), help="MIT-BIH directory (default $ECGKIT_DATA)")
     ap.add_argument("--model", default=None, help="checkpoint or registered model (default: transnet if registered)")
-    ap.add_argument("--only", default="ecg,overlap,stress,confusion,gradcam",
-                    help="comma-separated subset of ecg,overlap,stress,confusion,gradcam")
+    ap.add_argument("--only", default="ecg,overlap,ectopic,stress,confusion,gradcam",
+                    help="comma-separated subset of ecg,overlap,ectopic,stress,confusion,gradcam")
     ap.add_argument("--out", default=str(IMG), help="output directory (default docs/img)")
     args = ap.parse_args(argv)
     if not args.data:
@@ -298,6 +354,8 @@ def main(argv=None) -> int:
         made.append(ecg_beats(data, out))
     if "overlap" in only:
         made.append(neighbour_overlap_figure(data, out))
+    if "ectopic" in only:
+        made.append(ectopic_p_figure(data, out))
     if "stress" in only:
         made.append(rhythm_stress_figure(data, out))
     model = args.model or ("transnet" if _registered_model("transnet") else None)
