@@ -145,6 +145,11 @@ def test_combine_writes_a_model_that_names_its_members(runner, tmp_path):
     assert "reads beat, beat_minus_record_median, lead2, lead2_minus_record_median" in result.stdout
     ck = read_checkpoint(out)
     assert ck["combined"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")] and ck["state_dict"] == {}
+    from ecgkit.cli import _model_description   # what `ecgkit plugins` says of such a file
+
+    assert _model_description(str(out)) == (f"mix.pt: ensemble of {tmp_path / 'a.pt'}, {tmp_path / 'b.pt'}, reads 2 leads "
+                                            "(beat, beat_minus_record_median, lead2, lead2_minus_record_median) "
+                                            "at 180.0 Hz, classes NSVFQ")
     bad = tmp_path / "bad.pt"
     for args, frag in (([str(tmp_path / "a.pt")], "at least two"),
                        ([str(tmp_path / "a.pt"), str(tmp_path / "nope.pt")], "not found")):

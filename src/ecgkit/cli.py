@@ -300,11 +300,11 @@ def combine(models, out):
     may read different channels (a one-lead and a two-lead model); the combined model reads them
     all. Their per-beat log-probabilities are averaged, each member's own ensemble counting once.
     """
+    from .checkpoint import read_checkpoint
     from .ensemble import save_combined
-    from .models import load_any_model
 
     path = save_combined(out, list(models))
-    _, spec, _ = load_any_model(str(path))
+    spec = read_checkpoint(path)["input_spec"]  # the members were loaded once, by save_combined
     click.echo(f"wrote {path}: ensemble of {', '.join(models)}, reads {', '.join(spec['channels'])}")
 
 
@@ -356,10 +356,9 @@ def _model_description(path: str) -> str:
     spec = ck.get("input_spec", {})
     members = len(ck.get("member_seeds") or [])
     leads = "2 leads" if uses_second_lead(spec) else "1 lead"
-    if ck.get("combined"):
-        return (f"{Path(path).name}: ensemble of {', '.join(map(str, ck['combined']))}, reads {leads} "
-                f"({', '.join(spec.get('channels', ()))}) at {spec.get('fs_hz')} Hz, classes {''.join(spec.get('classes', ()))}")
-    return (f"{Path(path).name}: {ck.get('encoder', '?')}{f' of {members}' if members > 1 else ''}, reads "
+    what = (f"ensemble of {', '.join(map(str, ck['combined']))}" if ck.get("combined") else
+            f"{ck.get('encoder', '?')}{f' of {members}' if members > 1 else ''}")
+    return (f"{Path(path).name}: {what}, reads "
             f"{leads} ({', '.join(spec.get('channels', ()))}) at {spec.get('fs_hz')} Hz, "
             f"classes {''.join(spec.get('classes', ()))}")
 

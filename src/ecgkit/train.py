@@ -219,6 +219,22 @@ def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
     return rr, sel
 
 
+def _p_bounds(r_index: int, fs: float) -> tuple[int, int]:
+    """Window indices of the P segment, R - 320 ms .. R - 70 ms (P wave and PR segment)."""
+    return max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+
+
+def _p_ramp(a: int, b: int, dtype):
+    """``k`` (0..1 across the segment) and the taper (0 at its ends, 1 from 8 samples inside)."""
+    k = torch.arange(b - a, dtype=dtype) / (b - a - 1)
+    return k, torch.clamp(torch.minimum(k, 1 - k) * (b - a - 1) / 8, 0, 1)
+
+
+def _p_line(x, a: int, b: int, k):
+    """(..., L) -> (..., b - a): the straight line between the P segment's end samples."""
+    return x[..., a:a + 1] + (x[..., b - 1:b] - x[..., a:a + 1]) * k
+
+
 def fibrillatory_p(W, med, g: torch.Generator, r_index: int, fs: float):
     """Replace the P wave of whole sequences by fibrillatory waves (the morphology of AF beats).
 
@@ -230,14 +246,13 @@ def fibrillatory_p(W, med, g: torch.Generator, r_index: int, fs: float):
     wave) instead of sinus P waves, which with early timing are what makes a beat S.
     """
     n, T, L = W.shape
-    a, b = max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+    a, b = _p_bounds(r_index, fs)
     if n == 0 or b - a < 4:
         return W, med
-    k = torch.arange(b - a, dtype=W.dtype) / (b - a - 1)                 # 0..1 across the segment
-    ramp = torch.clamp(torch.minimum(k, 1 - k) * (b - a - 1) / 8, 0, 1)  # taper: 0 at the ends, 1 inside
+    k, ramp = _p_ramp(a, b, W.dtype)
 
     def flatten(x):  # (..., L): P segment -> straight line between its end samples
-        line = x[..., a:a + 1] + (x[..., b - 1:b] - x[..., a:a + 1]) * k
+        line = _p_line(x, a, b, k)
         x = x.clone()
         x[..., a:b] = x[..., a:b] * (1 - ramp) + line * ramp
         return x
@@ -265,15 +280,13 @@ def ectopic_p(W, med, y, sel, g: torch.Generator, r_index: int, fs: float, s_cla
     as it is in a record whose ectopic beats outnumber its sinus ones. QRS, T and the N beats
     are untouched. Returns new ``(W, med)``.
     """
-    n, T, L = W.shape
-    a0, b0 = max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+    a0, b0 = _p_bounds(r_index, fs)
     if not sel.any() or b0 - a0 < 4:
         return W, med
-    k = torch.arange(b0 - a0, dtype=W.dtype) / (b0 - a0 - 1)
-    ramp = torch.clamp(torch.minimum(k, 1 - k) * (b0 - a0 - 1) / 8, 0, 1)
+    k, ramp = _p_ramp(a0, b0, W.dtype)
 
     def refocus(x, a):  # (..., L): P-segment deviation from its end-to-end line times a
-        line = x[..., a0:a0 + 1] + (x[..., b0 - 1:b0] - x[..., a0:a0 + 1]) * k
+        line = _p_line(x, a0, b0, k)
         x = x.clone()
         x[..., a0:b0] = line + (x[..., a0:b0] - line) * (1 + (a - 1) * ramp)
         return x
@@ -478,17 +491,15 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
         rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
                                                   local_beats)
+        ect_full = torch.zeros_like(keep)  # the rewritten sequences, indexed over the whole batch
+        ect_full[keep] = ect
+        classes = list(spec["classes"])
         if tc.augment.ventricular_ectopy > 0:
-            ect_full = torch.zeros_like(keep)
-            ect_full[keep] = ect
-            classes = list(spec["classes"])
             W, y = ventricular_ectopy(W, y, ect_full, g, tc.augment.ventricular_ectopy, v_pool,
                                       classes.index("S"), classes.index("V"))
         if tc.augment.ectopic_p:
-            ect_full = torch.zeros_like(keep)
-            ect_full[keep] = ect
             W, med = ectopic_p(W, med, y, ect_full, g, margin + spec["before_samples"], spec["fs_hz"],
-                               list(spec["classes"]).index("S"))
+                               classes.index("S"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
