@@ -13,7 +13,7 @@ import torch
 from ecgkit.datasets.mitdb import reference_beats
 from ecgkit.io import read_annotations
 from ecgkit.segment import rr_features
-from ecgkit.train import synthetic_af, synthetic_ectopy, synthetic_s
+from ecgkit.train import synthetic_af, synthetic_block, synthetic_ectopy, synthetic_s
 
 T = 128
 
@@ -71,6 +71,40 @@ def test_synthetic_ectopy_is_seeded_and_off_at_zero(batch):
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     rr, y, sel = synthetic_ectopy(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=0.0)
     assert not sel.any() and torch.equal(rr, batch[0]) and torch.equal(y, batch[1])
+
+
+def test_synthetic_block_alternates_1_to_1_and_2_to_1_stretches_and_keeps_labels(batch):
+    rr, y = batch[0].clone(), batch[1].clone()
+    before, y_before = rr.clone(), y.clone()
+    rr2, sel = synthetic_block(rr, y, torch.Generator().manual_seed(0), p=1.0)
+    assert torch.equal(sel, (y_before == 0).all(1))          # with p=1 exactly the N-only sequences
+    assert torch.equal(y, y_before)                          # every beat stays N
+    for b in range(len(y)):
+        if not sel[b]:
+            assert torch.equal(rr2[b], before[b])
+            continue
+        pre = rr2[b, :, 0]
+        m = float(before[b, :, 0].median())
+        ratio = pre / m
+        two = ratio > 1.5
+        # every interval is the patient's sinus interval or twice it (3 % jitter)
+        assert ((ratio - 1).abs() < 0.15).logical_or((ratio - 2).abs() < 0.3).all()
+        # stretches, not single beats: every inner stretch holds at least 8 beats
+        edges = (two[1:] != two[:-1]).nonzero()[:, 0]
+        assert len(edges) >= 1 and (torch.diff(edges) >= 8).all()
+        _consistent(rr2[b])
+        assert torch.isclose(rr2[b, 0, 3] / before[b, 0, 3], pre.mean() / before[b, :, 0].mean(), rtol=1e-4)
+    kinds = {bool((rr2[b, :, 0] / before[b, :, 0].median() > 1.5)[0]) for b in sel.nonzero()[:, 0].tolist()}
+    assert kinds == {True, False}                            # either kind of stretch comes first
+
+
+def test_synthetic_block_is_seeded_and_off_at_zero(batch):
+    a = synthetic_block(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=1.0)
+    b = synthetic_block(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(3), p=1.0)
+    assert torch.equal(a[0], b[0])
+    g = torch.Generator().manual_seed(3)
+    rr, sel = synthetic_block(batch[0].clone(), batch[1].clone(), g, p=0.0)
+    assert not sel.any() and torch.equal(rr, batch[0])
 
 
 def test_synthetic_s_makes_single_premature_beats(batch):
@@ -233,7 +267,7 @@ def test_ventricular_ectopy_gives_synthetic_ectopy_beats_a_donor_v_shape(data_di
 
 
 @pytest.mark.parametrize("name", ["synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape",
-                                  "synthetic_af"])
+                                  "synthetic_af", "synthetic_block"])
 @pytest.mark.parametrize("value", [1.5, -0.1])
 def test_augmentation_probabilities_must_be_probabilities(tmp_path, name, value):
     from ecgkit.config import load_config

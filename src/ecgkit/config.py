@@ -55,6 +55,7 @@ class AugmentConfig:
     synthetic_af: float = 0.0       # prob. per S-free sequence of an irregular (AF-like) RR series, labels kept
     af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
+    synthetic_block: float = 0.0    # prob. per N-only sequence (no other RR rewrite) of 2:1 AV block stretches, labels kept
     ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
     ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
     ectopic_p: bool = False          # synthetic_ectopy's S beats get an ectopic P wave (and the median, if they are the majority)
@@ -209,7 +210,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
-    for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af"):
+    for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af",
+                 "synthetic_block"):
         if not 0.0 <= getattr(t.augment, name) <= 1.0:
             raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
                               f"got {getattr(t.augment, name)}")

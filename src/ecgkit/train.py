@@ -371,6 +371,39 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
     return rr, y, sel
 
 
+def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+    """Second-degree AV block with 2:1 conduction in stretches, on whole N-only sequences; labels unchanged.
+
+    The counterweight to :func:`synthetic_ectopy`, as :func:`synthetic_af` is to :func:`synthetic_s`:
+    there, beats faster than the slower beats around them are S. In 2:1 AV block every other
+    sinus P wave is not conducted, so the interval doubles while the block lasts and halves when
+    1:1 conduction returns; every conducted beat is a sinus beat (AAMI: N). DS1 has no such
+    rhythm. This rewrites the RR series of a sequence as stretches of 8-128 beats that alternate
+    between 1:1 conduction at the patient's rate ``m`` and 2:1 conduction at ``2 m`` (the first
+    stretch's kind drawn), every interval jittered by 3 %. Local and record means are recomputed as
+    in :func:`synthetic_ectopy`. Morphology is untouched (the blocked P waves are not drawn).
+    Returns the new RR tensor and the mask of sequences changed.
+    """
+    B, T = y.shape
+    sel = (y == 0).all(1) & (torch.rand(B, generator=g) < p)
+    for b in sel.nonzero()[:, 0].tolist():
+        m = float(rr[b, :, 0].median())
+        factor = torch.ones(T + 1)
+        t, blocked = 0, bool(torch.rand(1, generator=g) < 0.5)
+        while t < T + 1:
+            n = int(torch.randint(8, 129, (1,), generator=g))
+            if blocked:
+                factor[t:t + n] = 2.0
+            t, blocked = t + n, not blocked
+        iv = m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g))  # interval before each beat
+        old_mean = rr[b, :, 0].mean()
+        pre, post = iv[:-1], iv[1:]
+        rr[b, :, 0], rr[b, :, 1] = pre, post
+        rr[b, :, 2] = _local_mean(pre, local_beats)
+        rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+    return rr, sel
+
+
 def ventricular_ectopy(W, y, sel, g: torch.Generator, q: float, pool: torch.Tensor, s_class: int = 1,
                        v_class: int = 2):
     """Turn the premature beats of some synthetic-ectopy sequences into ventricular ones.
@@ -501,6 +534,9 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
             W, med = ectopic_p(W, med, y, ect_full, g, margin + spec["before_samples"], spec["fs_hz"],
                                classes.index("S"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
+    if tc.augment.synthetic_block > 0:  # on N-only sequences no other RR rewrite took
+        rr[keep], blk = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats)
+        keep[keep.clone()] = ~blk  # a synthetic S beat inside 2:1 block could sit at the sinus rate
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
     if tc.augment.ventricular_shape > 0:
