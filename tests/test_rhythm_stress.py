@@ -114,3 +114,21 @@ def test_rebuilt_record_is_classified_like_the_record(rs, rec209):
                                        np.random.default_rng(0))
     assert set(rec2.others) == set(rec.others) and len(rec2.signal) == len(next(iter(rec2.others.values())))
     assert p2[-1] < len(rec2.signal) and len(y2) == 600
+
+
+def test_block_rhythm_alternates_conduction_stretches_of_n_beats(rs, rec209):
+    rec, peaks, labels = rec209
+    order, out, y, blocked = rs.compose_block(peaks, labels, rec.fs, 1800, np.random.default_rng(1))
+    assert len(y) == 1800 and (np.diff(out) > 0).all() and set(y) == {"N"}
+    np.testing.assert_array_equal(y, labels[order])
+    pre_src = np.diff(peaks, prepend=peaks[0] - (peaks[1] - peaks[0]))
+    clean = (labels[order - 1] == "N") & (labels[(order + 1) % len(labels)] == "N")
+    assert clean.all()                                   # only beats with N neighbours both sides
+    rr_n = np.median(pre_src[order])
+    ratio = np.diff(out) / rr_n                          # the interval before beats 1..
+    b = blocked[1:]
+    assert np.abs(ratio[~b] - 1).max() < 0.2 and np.abs(ratio[b] - 2).max() < 0.4
+    assert abs(np.median(ratio[b]) - 2) < 0.05 and abs(np.median(ratio[~b]) - 1) < 0.05
+    edges = np.flatnonzero(b[1:] != b[:-1])
+    assert len(edges) >= 10 and np.diff(edges).min() >= 20   # stretches of 20 beats or more
+    assert 0.25 < b.mean() < 0.6

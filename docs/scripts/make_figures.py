@@ -23,6 +23,9 @@ Figures:
 * ``rhythm_stress.png``: the synthetic records of ``benchmarks/rhythm_stress.py``: DS1 record
   209 as recorded, rebuilt from its own beats as a sparse-S rhythm and as an S-majority
   rhythm (8 s each, reference labels). Needs the data only.
+* ``block_rhythm.png``: DS1 record 115 rebuilt as the 2:1 AV block rhythm of
+  ``benchmarks/rhythm_stress.py --block`` (every beat N), with each model's classes, one row per
+  ``--block-model LABEL=MODEL`` (default: the ``--model``).
 
 The data directory is ``--data``, else ``$ECGKIT_DATA``. Every figure is made by ecgkit's
 own code paths; nothing is drawn from made-up numbers.
@@ -336,12 +339,72 @@ def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: fl
     return path
 
 
+def block_rhythm_figure(data: Path, out: Path, models: list[tuple[str, str]], record: str = "115",
+                        seconds: float = 24.0) -> Path:
+    """DS1 record 115 rebuilt as the 2:1 block rhythm of ``rhythm_stress.py --block``, classified by ``models``.
+
+    The first 1:1 stretch that follows a 2:1 stretch is shown from a few beats before it begins; each
+    row is one model's classes (S in red). Every beat is N. ``models``: ``(label, name or path)``.
+    """
+    import importlib.util
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.models import load_any_model
+
+    spec = importlib.util.spec_from_file_location("rhythm_stress", DOCS.parent / "benchmarks" / "rhythm_stress.py")
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+    rec = read_record(data / record)
+    peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
+    labels = np.array(AAMI_CLASSES)[cls]
+    rng = np.random.default_rng([0, int(record), 2])   # the benchmark's draws for this record
+    order, p, _, blocked = rs.compose_block(peaks, labels, rec.fs, 1800, rng)
+    x = rs.source_signal(rec)
+    r = rs._as_record(rec, rs.resequence(x, peaks, order, p, int(p[-1] + 2 * rec.fs),
+                                         fade=int(round(0.01 * rec.fs))), "block")
+    first = next(i for i in range(1, len(blocked)) if blocked[i - 1] and not blocked[i])
+    a = int(p[max(first - 6, 0)] - 0.5 * rec.fs)
+    n = int(seconds * rec.fs)
+    fig, axes = plt.subplots(len(models), 1, figsize=(12, 2.3 * len(models) + 0.4), sharey=True, squeeze=False)
+    t = np.arange(n) / rec.fs
+    for ax, (label, m) in zip(axes[:, 0], models):
+        model, mspec, _ = load_any_model(m)
+        pred = np.array(AAMI_CLASSES)[predict_log_proba(model, prepare_record(r, p, mspec), mspec).argmax(1)]
+        seg = r.signal[a:a + n]
+        ax.plot(t, seg, color="0.2", lw=0.9)
+        inside = (p >= a) & (p < a + n)
+        for q, c in zip(p[inside], pred[inside]):
+            ax.text((q - a) / rec.fs, 1.05 * seg.max(), c, ha="center", fontsize=9,
+                    color="tab:red" if c == "S" else "0.3", fontweight="bold" if c == "S" else None)
+        called = 100 * np.mean(pred[~blocked] == "S")
+        ax.set_title(f"{label}: classes (every beat is N); {called:.1f} % of the record's 1:1 beats called S",
+                     fontsize=9, loc="left", pad=16)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("time (s): 2:1 conduction (every other P wave blocked), then 1:1 conduction")
+    axes[0, 0].set_ylabel(f"lead {rec.lead} (mV)")
+    fig.suptitle(f"DS1 record {record} rebuilt from its own N beats with stretches of 2:1 AV block "
+                 "(benchmarks/rhythm_stress.py --block)", fontsize=10)
+    fig.tight_layout()
+    path = save_png(fig, out / "block_rhythm.png")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.environ.get("ECGKIT_DATA"), help="MIT-BIH directory (default $ECGKIT_DATA)")
     ap.add_argument("--model", default=None, help="checkpoint or registered model (default: transnet if registered)")
-    ap.add_argument("--only", default="ecg,overlap,ectopic,stress,confusion,gradcam",
-                    help="comma-separated subset of ecg,overlap,ectopic,stress,confusion,gradcam")
+    ap.add_argument("--only", default="ecg,overlap,ectopic,stress,block,confusion,gradcam",
+                    help="comma-separated subset of ecg,overlap,ectopic,stress,block,confusion,gradcam")
+    ap.add_argument("--block-model", action="append", default=[], metavar="LABEL=MODEL",
+                    help="a row of block_rhythm.png (repeatable; default: the --model, or transnet)")
     ap.add_argument("--out", default=str(IMG), help="output directory (default docs/img)")
     args = ap.parse_args(argv)
     if not args.data:
@@ -367,6 +430,10 @@ def main(argv=None) -> int:
             made.append(confusion_matrix(model, data, out))
         if "gradcam" in only:
             made.append(gradcam(model, data, out))
+    if "block" in only:
+        rows = [tuple(b.split("=", 1)) for b in args.block_model] or ([(model, model)] if model else [])
+        if rows:
+            made.append(block_rhythm_figure(data, out, rows))
     for p in filter(None, made):
         size = p.stat().st_size
         print(f"wrote {p} ({size / 1024:.0f} KB){'  WARNING: over 150 KB' if size > MAX_BYTES else ''}")

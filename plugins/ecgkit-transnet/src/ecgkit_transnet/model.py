@@ -77,6 +77,9 @@ class TransNetConfig:
     morph_stats: bool = True             # hand-made, patient-relative shape scalars (needs the median channel)
     use_token: bool = True               # ablation switch: False = context features only (no learned morphology)
     rel_token: bool = True               # also feed token minus the sequence-median token (patient-relative shape)
+    absolute_rr: bool = False            # also feed log(local mean RR / 1 s): the local heart rate itself, which
+                                         # separates 1:1 conduction after 2:1 AV block (normal rate after a slow
+                                         # one) from an ectopic run (a fast rate after a normal one)
     shape_head: float = 0.0              # > 0: training-only auxiliary loss (this weight x BCE): a linear head on the
                                          # morphology token ALONE says "ventricular (V) or not (N, S)", so the tokenizer
                                          # must encode V by shape, not leave it to rhythm (F, Q beats not scored)
@@ -145,7 +148,9 @@ class ContextFeatures(nn.Module):
     """Scale-free per-beat scalars -> d_model embedding.
 
     RR part (6): log-ratios only, no absolute RR: prematurity relative to the patient's own local and overall
-    rhythm is what carries across patients; absolute heart rate mostly identifies the patient.
+    rhythm is what carries across patients; absolute heart rate mostly identifies the patient. With
+    ``absolute_rr`` (off by default) one more scalar, the log local mean RR in seconds: rate ratios alone
+    cannot tell 1:1 conduction returning after 2:1 AV block (N) from a run of ectopic beats (S).
     Morphology part (5, when the median channel is present): similarity of the beat to the record's median beat
     (median = channel0 - channel1), over the whole window, the QRS and the P-wave region, plus energy ratios.
     These are exactly the cues of the classic "premature AND normal-looking -> S" rule, given explicitly so the
@@ -164,7 +169,8 @@ class ContextFeatures(nn.Module):
         self.pairs = [(0, 1)] if self.use_morph else []
         if self.use_morph and {"lead2", "lead2_minus_record_median"} <= set(cfg.channels):
             self.pairs.append((cfg.channels.index("lead2"), cfg.channels.index("lead2_minus_record_median")))
-        n_in = self.n_rr + self.n_morph * len(self.pairs)
+        self.absolute_rr = cfg.absolute_rr
+        n_in = self.n_rr + int(self.absolute_rr) + self.n_morph * len(self.pairs)
         fs, b = cfg.fs_hz, cfg.before
         self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
         self.pw = slice(max(0, b - round(0.30 * fs)), max(1, b - round(0.08 * fs)))  # P wave / PR segment
@@ -211,6 +217,8 @@ class ContextFeatures(nn.Module):
 
     def forward(self, windows: Tensor, rr: Tensor) -> Tensor:  # -> (B, T, d_model)
         f = [self.rr_features(rr)] + [self.morph_features(windows, i, j) for i, j in self.pairs]
+        if self.absolute_rr:  # local rate in seconds, log-scaled: 0 at 60 bpm
+            f.append(torch.log(rr[..., 2:3].clamp_min(1e-2)).clamp(-3.0, 3.0))
         return self.mlp(torch.cat(f, dim=-1))
 
 
