@@ -596,6 +596,30 @@ def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     assert not a.training and not a_bn.training
 
 
+def test_absolute_rr_is_the_one_input_that_sees_the_heart_rate():
+    """transnet without absolute_rr reads RR as ratios only: the same rhythm at half the rate gives the same
+    classes' logits; with it, the local rate is an input (and nothing else changes for a rhythm at 60 bpm)."""
+    from ecgkit.registry import create
+
+    torch.manual_seed(0)
+    x, rr = torch.randn(2, 6, 2, 144), 0.5 + torch.rand(2, 6, 4)
+    for absolute in (False, True):
+        torch.manual_seed(1)
+        m = create("encoders", "transnet", d_model=32, n_layers=1, block_channels=[16, 16], absolute_rr=absolute)
+        m.eval()
+        with torch.no_grad():
+            a, b = m(x, rr), m(x, 2 * rr)
+        assert torch.allclose(a, b, atol=1e-5) != absolute
+    extra = m.ctx_embed.mlp[0].weight[:, -1]            # the rate's input column, last
+    with torch.no_grad():
+        one = rr.clone()
+        one[..., 2] = 1.0                                 # local mean RR 1 s: log rate 0
+        m.ctx_embed.mlp[0].weight[:, -1] = 0.0
+        zeroed = m(x, one)
+        m.ctx_embed.mlp[0].weight[:, -1] = extra
+        assert torch.allclose(m(x, one), zeroed)
+
+
 def test_shape_head_loss_scores_n_s_v_by_the_token_alone():
     """transnet shape_head: weight x BCE(V vs N/S) of a head on the morphology token; F, Q, unlabelled not scored."""
     import torch.nn.functional as F
