@@ -31,7 +31,7 @@ Prints, per record and pooled: S beats found (Se), N beats called S, and V beats
 ``--block`` adds a third rhythm, on every DS1 record with at least 100 N beats: sinus rhythm
 whose stretches of 1:1 conduction alternate with stretches of 2:1 AV block (every other P
 wave not conducted, so the interval doubles), all beats N; it prints the share of N beats
-called S. Written in session 10, from domain knowledge: DS1 holds no 2:1 block, DS2's record
+called S. Written in the ninth release (session 10), from domain knowledge: DS1 holds no 2:1 block, DS2's record
 231 does, and the default model calls 686 of its 1,571 beats S there (the largest single
 source of false S on DS2, measured in an earlier session). Its own draws, so ``--block``
 changes no figure of the other rhythms.
