@@ -53,6 +53,7 @@ class AugmentConfig:
     rr_jitter: float = 0.03         # multiplicative RR noise (std)
     synthetic_s: float = 0.0        # prob. per N beat (between N beats) of becoming a synthetic premature S
     synthetic_af: float = 0.0       # prob. per S-free sequence of an irregular (AF-like) RR series, labels kept
+    af_rate: float = 0.0            # synthetic_af's mean interval = the patient's x (1 - af_rate * U(0, 1)); 0 = the patient's
     af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
     synthetic_block: float = 0.0    # prob. per N-only sequence (no other RR rewrite) of 2:1 AV block stretches, labels kept
@@ -215,6 +216,8 @@ def validate(cfg: RunConfig) -> None:
         if not 0.0 <= getattr(t.augment, name) <= 1.0:
             raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
                               f"got {getattr(t.augment, name)}")
+    if not 0.0 <= t.augment.af_rate < 1.0:
+        raise ConfigError(f"config key 'train.augment.af_rate' must be in [0, 1), got {t.augment.af_rate}")
     if t.augment.ectopic_p and t.augment.synthetic_ectopy <= 0:
         raise ConfigError("config key 'train.augment.ectopic_p' edits the beats of synthetic_ectopy; "
                           "it needs 'train.augment.synthetic_ectopy' > 0")

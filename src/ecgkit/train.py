@@ -201,17 +201,21 @@ def _local_mean(pre: torch.Tensor, local_beats: int) -> torch.Tensor:
     return (cs[i + 1] - cs[lo]) / (i + 1 - lo)
 
 
-def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10, rate: float = 0.0):
     """Irregularly irregular rhythm (AF-like) on whole S-free sequences; labels unchanged.
 
     The counterweight to :func:`synthetic_s`: early timing alone must not mean S when the
     whole context is irregular (beats in atrial fibrillation are labelled N).
+    ``rate`` > 0: the mean interval is the patient's times ``1 - rate * U(0, 1)`` (AF often
+    conducts faster than the sinus rhythm); 0 draws nothing more than before.
     Returns the new RR tensor and the mask of sequences changed.
     """
     B, T = y.shape
     sel = ((y == 1).sum(1) == 0) & (torch.rand(B, generator=g) < p)
     for b in sel.nonzero()[:, 0].tolist():
         m = rr[b, :, 2].mean()
+        if rate > 0:
+            m = m * (1 - rate * float(torch.rand(1, generator=g)))
         sigma = 0.1 + 0.25 * float(torch.rand(1, generator=g))
         iv = m * torch.exp(sigma * torch.randn(T + 1, generator=g))  # (T+1,) intervals
         pre, post = iv[:-1], iv[1:]
@@ -512,7 +516,7 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     local_beats = spec.get("local_rr_beats", 10)
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
     if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
-        rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats)
+        rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats, tc.augment.af_rate)
         if tc.augment.af_fibrillatory_p and rewritten.any():
             W[rewritten], med[rewritten] = fibrillatory_p(W[rewritten], med[rewritten], g,
                                                           margin + spec["before_samples"], spec["fs_hz"])
