@@ -132,6 +132,21 @@ def test_synthetic_af_keeps_labels_and_makes_rhythm_irregular(batch):
         assert cv(rr[b, :, 0]) > 2 * cv(batch[0][b, :, 0])
 
 
+def test_synthetic_af_rate_speeds_up_the_fibrillation_and_is_off_at_zero(batch):
+    g0, g1 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    a, sel = synthetic_af(batch[0].clone(), batch[1].clone(), g0, p=1.0)
+    b, _ = synthetic_af(batch[0].clone(), batch[1].clone(), g1, p=1.0, rate=0.0)
+    assert torch.equal(a, b) and torch.equal(g0.get_state(), g1.get_state())   # rate 0: the same draws
+    fast, _ = synthetic_af(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(2), p=1.0, rate=0.5)
+    for i in sel.nonzero()[:, 0].tolist():
+        _consistent(fast[i])
+        ratio = float(fast[i, :, 0].mean() / batch[0][i, :, 2].mean())
+        assert 0.4 < ratio < 1.1                                  # 1 - 0.5 U(0, 1), with the AF spread
+        assert torch.equal(fast[i, :, 3], batch[0][i, :, 3])      # the record mean is left as it was
+    speed = [float(fast[i, :, 0].mean() / a[i, :, 0].mean()) for i in sel.nonzero()[:, 0].tolist()]
+    assert np.mean(speed) < 0.9
+
+
 def test_fibrillatory_p_removes_the_p_wave_only(data_dir):
     from ecgkit.inference import prepare_record
     from ecgkit.io import read_record
@@ -264,6 +279,17 @@ def test_ventricular_ectopy_gives_synthetic_ectopy_beats_a_donor_v_shape(data_di
     state = g.get_state()
     W4, y4 = ventricular_ectopy(W, y2, sel, g, 0.0, pool)   # off at 0, drawing nothing
     assert torch.equal(W4, W) and torch.equal(y4, y2) and torch.equal(g.get_state(), state)
+
+
+def test_af_rate_must_be_below_one(tmp_path):
+    from ecgkit.config import load_config
+    from ecgkit.errors import ConfigError
+
+    p = tmp_path / "c.yaml"
+    for bad in (1.0, -0.2):
+        p.write_text(f"train:\n  augment:\n    af_rate: {bad}\n")
+        with pytest.raises(ConfigError, match="af_rate.*\\[0, 1\\)"):
+            load_config(p)
 
 
 @pytest.mark.parametrize("name", ["synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape",
