@@ -224,13 +224,21 @@ def synthetic_record(rec: Record, peaks, labels, kind: str, n_beats: int, rng,
     ``x``: the record's :func:`source_signal`, when the caller already has it.
     """
     x = source_signal(rec) if x is None else x
-    if kind == "block":
-        order, out_peaks, out_labels, _ = compose_block(peaks, labels, rec.fs, n_beats, rng)
-    else:
-        order, out_peaks, out_labels = compose(peaks, labels, rec.fs, kind, n_beats, rng)
+    order, out_peaks, out_labels = compose(peaks, labels, rec.fs, kind, n_beats, rng)
+    return _rebuild(rec, x, peaks, order, out_peaks, kind), out_peaks, out_labels
+
+
+def block_record(rec: Record, peaks, labels, n_beats: int, rng,
+                 x: np.ndarray | None = None) -> tuple[Record, np.ndarray, np.ndarray]:
+    """A :class:`Record` of :func:`compose_block`'s 2:1 block rhythm, its R peaks and its ``blocked`` mask."""
+    x = source_signal(rec) if x is None else x
+    order, out_peaks, _, blocked = compose_block(peaks, labels, rec.fs, n_beats, rng)
+    return _rebuild(rec, x, peaks, order, out_peaks, "block"), out_peaks, blocked
+
+
+def _rebuild(rec: Record, x: np.ndarray, peaks, order, out_peaks, kind: str) -> Record:
     n_out = int(out_peaks[-1] + 2 * rec.fs)
-    y = resequence(x, peaks, order, out_peaks, n_out, fade=int(round(0.01 * rec.fs)))
-    return _as_record(rec, y, kind), out_peaks, out_labels
+    return _as_record(rec, resequence(x, peaks, order, out_peaks, n_out, fade=int(round(0.01 * rec.fs))), kind)
 
 
 def rebuilt(rec: Record, peaks, x: np.ndarray | None = None) -> Record:
@@ -289,22 +297,19 @@ def main(argv=None) -> None:
             continue
         rec = read_record(paths[rec_name])
         x = source_signal(rec)
-        if args.block:  # every record, its own draws: adding it changes no other rhythm's draw
-            real = classify(rec_name, rec, peaks)
-            n = labels == "N"
-            if n.sum() >= 100:
-                rng = np.random.default_rng([args.seed, int(rec_name), 2])
-                order, p, _, blocked = compose_block(peaks, labels, rec.fs, args.beats, rng)
-                n_out = int(p[-1] + 2 * rec.fs)
-                r = _as_record(rec, resequence(x, peaks, order, p, n_out, fade=int(round(0.01 * rec.fs))), "block")
-                blocks[rec_name] = (blocked, 100 * np.mean(real[0][n] == s_idx), *classify(rec_name, r, p))
-        if (labels == "S").sum() < MIN_S:
+        n = labels == "N"
+        with_s = (labels == "S").sum() >= MIN_S
+        real = classify(rec_name, rec, peaks)
+        if args.block and n.sum() >= 100:  # its own draws: adding it changes no other rhythm's draw
+            r, p, blocked = block_record(rec, peaks, labels, args.beats,
+                                         np.random.default_rng([args.seed, int(rec_name), 2]), x)
+            blocks[rec_name] = (blocked, 100 * np.mean(real[0][n] == s_idx), *classify(rec_name, r, p))
+        if not with_s:
             continue
         rng = np.random.default_rng([args.seed, int(rec_name)])
-        for kind in ("real", "identity", "sparse", "majority"):
-            if kind == "real":
-                r, p, y = rec, peaks, labels
-            elif kind == "identity":
+        tallies["real"][rec_name] = (labels, *real)
+        for kind in ("identity", "sparse", "majority"):
+            if kind == "identity":
                 r, p, y = rebuilt(rec, peaks, x), peaks, labels
             else:
                 r, p, y = synthetic_record(rec, peaks, labels, kind, args.beats, rng, x)

@@ -388,3 +388,31 @@ def test_neighbour_overlap_in_training_batches_changes_only_rewritten_sequences(
     s = (y1[b] == 1).nonzero()[:, 0]
     s = s[s > 0]                                      # the first beat's predecessor is outside the sequence
     assert ((W1[b, s, :30] - W0[b, s, :30]).abs().amax(-1) > 0.05).all()
+
+
+def test_synthetic_s_skips_the_sequences_synthetic_block_rewrote(data_dir, tmp_path):
+    """In a training batch, a sequence put into 2:1 block keeps every beat N: synthetic_s leaves it alone."""
+    import yaml
+
+    from ecgkit.config import load_config
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.registry import create
+    from ecgkit.segment import labelled_peaks
+    from ecgkit.train import sample_batch, training_batch
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80, "classes": list("NSVFQ")}
+    rec = read_record(str(data_dir / "100"))
+    peaks, y = labelled_peaks(rec, create("segmenters", "reference"))
+    fit = {"100": {**prepare_record(rec, peaks, spec, margin=4), "y": y}}
+    n_only = (sample_batch(fit, ["100"], 64, 16, torch.Generator().manual_seed(1))[3] == 0).all(1)
+    assert 0 < int(n_only.sum()) < 16
+    gained = {}
+    for block in (0.0, 1.0):
+        p = tmp_path / f"c{block}.yaml"
+        p.write_text(yaml.safe_dump({"train": {"seq_len": 64, "batch_size": 16, "augment": {
+            "rr_jitter": 0, "synthetic_s": 0.3, "synthetic_block": block}}}))
+        _, _, rr, y2, _, _ = training_batch(fit, ["100"], load_config(p).train, spec, 4, torch.Generator().manual_seed(1))
+        gained[block] = (y2[n_only] == 1).any(1)
+    assert gained[0.0].all()          # without the block, synthetic_s turns beats of every N-only sequence S
+    assert not gained[1.0].any()      # with it (p = 1), every N-only sequence is in block and stays N

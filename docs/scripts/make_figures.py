@@ -294,10 +294,18 @@ def ectopic_p_figure(data: Path, out: Path) -> Path:
     return path
 
 
-def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: float = 8.0) -> Path:
-    """Record 209 as recorded and rebuilt into the two rhythms of benchmarks/rhythm_stress.py."""
+def _rhythm_stress():
+    """benchmarks/rhythm_stress.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
+    spec = importlib.util.spec_from_file_location("rhythm_stress", DOCS.parent / "benchmarks" / "rhythm_stress.py")
+    rs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rs)
+    return rs
+
+
+def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: float = 8.0) -> Path:
+    """Record 209 as recorded and rebuilt into the two rhythms of benchmarks/rhythm_stress.py."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,9 +314,7 @@ def rhythm_stress_figure(data: Path, out: Path, record: str = "209", seconds: fl
     from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats
     from ecgkit.io import read_annotations, read_record
 
-    spec = importlib.util.spec_from_file_location("rhythm_stress", DOCS.parent / "benchmarks" / "rhythm_stress.py")
-    rs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rs)
+    rs = _rhythm_stress()
     rec = read_record(data / record)
     peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
     labels = np.array(AAMI_CLASSES)[cls]
@@ -346,8 +352,6 @@ def block_rhythm_figure(data: Path, out: Path, models: list[tuple[str, str]], re
     The first 1:1 stretch that follows a 2:1 stretch is shown from a few beats before it begins; each
     row is one model's classes (S in red). Every beat is N. ``models``: ``(label, name or path)``.
     """
-    import importlib.util
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -358,17 +362,12 @@ def block_rhythm_figure(data: Path, out: Path, models: list[tuple[str, str]], re
     from ecgkit.io import read_annotations, read_record
     from ecgkit.models import load_any_model
 
-    spec = importlib.util.spec_from_file_location("rhythm_stress", DOCS.parent / "benchmarks" / "rhythm_stress.py")
-    rs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rs)
+    rs = _rhythm_stress()
     rec = read_record(data / record)
     peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
     labels = np.array(AAMI_CLASSES)[cls]
     rng = np.random.default_rng([0, int(record), 2])   # the benchmark's draws for this record
-    order, p, _, blocked = rs.compose_block(peaks, labels, rec.fs, 1800, rng)
-    x = rs.source_signal(rec)
-    r = rs._as_record(rec, rs.resequence(x, peaks, order, p, int(p[-1] + 2 * rec.fs),
-                                         fade=int(round(0.01 * rec.fs))), "block")
+    r, p, blocked = rs.block_record(rec, peaks, labels, 1800, rng)
     first = next(i for i in range(1, len(blocked)) if blocked[i - 1] and not blocked[i])
     a = int(p[max(first - 6, 0)] - 0.5 * rec.fs)
     n = int(seconds * rec.fs)

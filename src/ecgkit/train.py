@@ -335,6 +335,16 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
     return rr, y
 
 
+def _set_intervals(rr, b: int, iv, local_beats: int) -> None:
+    """Rewrite sequence ``b`` of ``rr`` from ``iv``, its ``T + 1`` intervals (the one before each beat, then the
+    one after the last): pre- and post-RR, the local mean recomputed, the record mean scaled by the new mean rate."""
+    old_mean = rr[b, :, 0].mean()
+    pre, post = iv[:-1], iv[1:]
+    rr[b, :, 0], rr[b, :, 1] = pre, post
+    rr[b, :, 2] = _local_mean(pre, local_beats)
+    rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+
+
 def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
     """Frequent atrial ectopy on whole N-only sequences (a label-changing RR augmentation).
 
@@ -366,11 +376,7 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
         jit = 1 + 0.03 * torch.randn(T + 1, generator=g)
         prev_ect = torch.cat([torch.zeros(1, dtype=torch.bool), ect[:-1]])
         iv = torch.where(ect, u * m, torch.where(prev_ect, pause * m, torch.tensor(m))) * jit  # interval before each beat
-        old_mean = rr[b, :, 0].mean()
-        pre, post = iv[:-1], iv[1:]
-        rr[b, :, 0], rr[b, :, 1] = pre, post
-        rr[b, :, 2] = _local_mean(pre, local_beats)
-        rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+        _set_intervals(rr, b, iv, local_beats)
         y[b] = ect[:-1].long()  # 1 = S
     return rr, y, sel
 
@@ -399,12 +405,7 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
             if blocked:
                 factor[t:t + n] = 2.0
             t, blocked = t + n, not blocked
-        iv = m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g))  # interval before each beat
-        old_mean = rr[b, :, 0].mean()
-        pre, post = iv[:-1], iv[1:]
-        rr[b, :, 0], rr[b, :, 1] = pre, post
-        rr[b, :, 2] = _local_mean(pre, local_beats)
-        rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+        _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats)
     return rr, sel
 
 
