@@ -18,13 +18,21 @@ see the README).
 with ``train.ema`` and ``data.val: []``, ``best.pt`` is the weight average of the last
 epoch and ``last.pt`` the raw weights of the same training run, so one set of runs
 measures both.
+
+``--compose ema:2,block_abs_rate:1`` scores every ensemble that draws that many runs of each
+recipe (a run's recipe is its directory name without a trailing ``_s<seed>``: ``runs/ema_s0``
+is ``ema``), one row each, and the mean of each figure over those compositions: how a mixed
+ensemble does whichever seeds it gets. ``--per-record`` adds the ensemble's per-record counts
+(S beats found, false S from N and from V beats, V beats found, false V).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -38,7 +46,7 @@ from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
 from ecgkit.evaluate import match_to_reference  # noqa: E402
 from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import read_annotations, read_record  # noqa: E402
-from ecgkit.metrics import MISSED, ec57_report  # noqa: E402
+from ecgkit.metrics import AAMI_CLASSES, MISSED, ec57_report  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.registry import create  # noqa: E402
 from ecgkit.segment import detect_beats  # noqa: E402
@@ -60,6 +68,56 @@ def report_row(name: str, rep: dict) -> str:
     g = rep["gross"]
     f = lambda c: f"{100 * g[c]['Se']:.1f} / {100 * g[c]['+P']:.1f} / {100 * g[c]['F1']:.1f}"  # noqa: E731
     return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
+
+
+def run_group(run: str) -> str:
+    """A run's recipe: its directory name without a trailing ``_s<seed>`` (``runs/ema_s0`` -> ``ema``)."""
+    return re.sub(r"_s\d+$", "", Path(run).name)
+
+
+def compositions(runs: list[str], spec: str) -> list[tuple[int, ...]]:
+    """Indices into ``runs`` of every ensemble drawing ``k`` runs of each recipe, for ``spec`` ``"ema:2,b:1"``."""
+    want = {}
+    for part in spec.split(","):
+        name, _, k = part.strip().partition(":")
+        if not name or not k.isdigit() or int(k) < 1:
+            raise SystemExit(f"Error: --compose takes RECIPE:K[,RECIPE:K...] with K >= 1, got {part.strip()!r}")
+        want[name] = int(k)
+    groups = {g: [i for i, r in enumerate(runs) if run_group(r) == g] for g in want}
+    for g, k in want.items():
+        if len(groups[g]) < k:
+            have = sorted({run_group(r) for r in runs})
+            raise SystemExit(f"Error: --compose asks for {k} run(s) of {g!r}, the runs hold {len(groups[g])} "
+                             f"(recipes given: {', '.join(have)})")
+    picks = itertools.product(*(itertools.combinations(groups[g], k) for g, k in want.items()))
+    return [tuple(sorted(itertools.chain(*p))) for p in picks]
+
+
+def report_figures(rep: dict) -> np.ndarray:
+    """The figures of :func:`report_row` as numbers (percent; jk as is), for averaging reports."""
+    g = rep["gross"]
+    return np.array([100 * rep["accuracy"]] + [100 * g[c][m] for c in "SV" for m in ("Se", "+P", "F1")]
+                    + [rep["jk"]])
+
+
+def figures_row(name: str, f: np.ndarray) -> str:
+    """:func:`report_row` of averaged :func:`report_figures`."""
+    return (f"| {name} | {f[0]:.1f} | {f[1]:.1f} / {f[2]:.1f} / {f[3]:.1f} | "
+            f"{f[4]:.1f} / {f[5]:.1f} / {f[6]:.1f} | {f[7]:.3f} |")
+
+
+def per_record_table(y: np.ndarray, pred: np.ndarray, records: np.ndarray) -> list[str]:
+    """Markdown rows: per record, S beats found, false S (N and V beats called S), V found, false V."""
+    S, V, N = (AAMI_CLASSES.index(c) for c in "SVN")
+    out = ["| record | beats | S found | false S (from N / V) | V found | false V |", "|---|---|---|---|---|---|"]
+    for rec in sorted(set(records)):
+        m = records == rec
+        yy, pp = y[m], pred[m]
+        out.append(f"| {rec} | {m.sum()} | {((yy == S) & (pp == S)).sum()} of {(yy == S).sum()} | "
+                   f"{((yy != S) & (pp == S)).sum()} ({((yy == N) & (pp == S)).sum()} / "
+                   f"{((yy == V) & (pp == S)).sum()}) | {((yy == V) & (pp == V)).sum()} of {(yy == V).sum()} | "
+                   f"{((yy != V) & (pp == V)).sum()} |")
+    return out
 
 
 def adapt_batchnorm(model, prep: dict, spec: dict):
@@ -137,7 +195,11 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default="best.pt",
                     help="file scored in each kfold/fold*/ (last.pt = raw weights of an EMA run)")
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate BatchNorm statistics per record (AdaBN)")
+    ap.add_argument("--compose", default=None, metavar="RECIPE:K,...",
+                    help="score every ensemble drawing K runs of each recipe (run directory name without _sN)")
+    ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
     args = ap.parse_args(argv)
+    comps = compositions(args.runs, args.compose) if args.compose else None
 
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn)
 
@@ -150,6 +212,19 @@ def main(argv=None) -> None:
     for run, lp in zip(args.runs, each):
         print(row(Path(run).name, lp))
     print(row(f"**ensemble of {len(each)}** (mean log-probability)", np.mean(each, axis=0)))
+    if comps:
+        print(f"\nEnsembles drawing {args.compose} ({len(comps)} compositions):\n")
+        print("| members | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")
+        print("|---|---|---|---|---|")
+        figs = []
+        for c in comps:
+            rep = ec57_report(y, decide(np.mean([each[i] for i in c], axis=0)), rr)
+            figs.append(report_figures(rep))
+            print(report_row(" + ".join(Path(args.runs[i]).name for i in c), rep))
+        print(figures_row(f"**mean of {len(comps)} compositions**", np.mean(figs, axis=0)))
+    if args.per_record:
+        print(f"\nPer record, ensemble of {len(each)}:\n")
+        print("\n".join(per_record_table(y, decide(np.mean(each, axis=0)), rr)))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ a recipe change is adopted only if, besides its DS1 cross-validation rule, its h
 ``majority`` S beats and of ``sparse`` S beats. The first question put to it: would it have
 stopped the session-7 two-lead recipe, which passed DS1 and lost DS2's record 232? It would
 have if that recipe's ``majority`` share is more than 5 points under the baseline's.
+
+``--compose ema:2,block_abs_rate:1`` (as in ``ensemble_cv.py``) adds, for every ensemble drawing
+that many runs of each recipe, the pooled S found (real / sparse / majority) and, with
+``--block``, the block rhythm's N->S share, and the mean of each over the compositions.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
-from ensemble_cv import held_out_models  # noqa: E402
+from ensemble_cv import compositions, held_out_models  # noqa: E402
 
 MIN_S = 30
 
@@ -261,6 +265,8 @@ def main(argv=None) -> None:
     ap.add_argument("--block", action="store_true",
                     help="also rebuild every record with >= 100 N beats as sinus rhythm with stretches of "
                          "2:1 AV block (all N) and print the share of N beats called S")
+    ap.add_argument("--compose", default=None, metavar="RECIPE:K,...",
+                    help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py)")
     args = ap.parse_args(argv)
 
     if bool(args.runs) == bool(args.model):
@@ -273,6 +279,7 @@ def main(argv=None) -> None:
         args.runs = args.model
     else:
         maps = [held_out_models(r) for r in args.runs]
+    comps = compositions(args.runs, args.compose) if args.compose else None
     records = sorted(set(maps[0]).intersection(*maps[1:]))
     s_idx = AAMI_CLASSES.index("S")
     paths = dict(zip(records, resolve_records(records, args.data)))
@@ -288,7 +295,7 @@ def main(argv=None) -> None:
                 models[m[rec_name]] = load_any_model(m[rec_name])
             model, spec, _ = models[m[rec_name]]
             lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
-        return np.mean(lps, 0).argmax(1), [lp.argmax(1) for lp in lps]
+        return np.mean(lps, 0).argmax(1), [lp.argmax(1) for lp in lps], lps
 
     for rec_name in records:
         peaks, cls = reference_beats(*read_annotations(paths[rec_name], "atr"))
@@ -352,7 +359,7 @@ def main(argv=None) -> None:
             s = pred == s_idx
             return f"{100 * s.mean():.1f} | {100 * s[~blocked].mean():.1f} | {100 * s[blocked].mean():.1f}"
 
-        for rec_name, (blocked, real_ns, pred, _) in blocks.items():
+        for rec_name, (blocked, real_ns, pred, *_) in blocks.items():
             print(f"| {rec_name} | {real_ns:.1f} | {bcell(blocked, pred)} |")
         bl = np.concatenate([b[0] for b in blocks.values()])
         print(f"| **pooled, ensemble** | | {bcell(bl, np.concatenate([b[2] for b in blocks.values()]))} |")
@@ -360,6 +367,30 @@ def main(argv=None) -> None:
             for i, run in enumerate(args.runs):
                 pr = np.concatenate([b[3][i] for b in blocks.values()])
                 print(f"| pooled, {Path(run).name} | | {bcell(bl, pr)} |")
+    if comps:
+        print(f"\nEnsembles drawing {args.compose} ({len(comps)} compositions): pooled S found (real / sparse "
+              f"/ majority){' and the block rhythm: N->S (1:1 beats)' if blocks else ''}.\n")
+        print("| members | real | sparse | majority |" + (" block N->S (1:1) |" if blocks else ""))
+        print("|---|---|---|---|" + ("---|" if blocks else ""))
+
+        def found(kind, c):
+            ys = np.concatenate([t[0] for t in tallies[kind].values()])
+            ps = np.concatenate([np.mean([t[3][i] for i in c], 0).argmax(1) for t in tallies[kind].values()])
+            return 100 * np.mean(ps[ys == "S"] == s_idx)
+
+        figs = []
+        for c in comps:
+            f = [found(k, c) for k in kinds]
+            if blocks:
+                bl = np.concatenate([b[0] for b in blocks.values()])
+                pr = np.concatenate([np.mean([b[4][i] for i in c], 0).argmax(1) for b in blocks.values()]) == s_idx
+                f += [100 * pr.mean(), 100 * pr[~bl].mean()]
+            figs.append(f)
+            cells = " | ".join(f"{v:.1f}" for v in f[:3]) + (f" | {f[3]:.1f} ({f[4]:.1f})" if blocks else "")
+            print(f"| {' + '.join(Path(args.runs[i]).name for i in c)} | {cells} |")
+        m = np.mean(figs, 0)
+        cells = " | ".join(f"{v:.1f}" for v in m[:3]) + (f" | {m[3]:.1f} ({m[4]:.1f})" if blocks else "")
+        print(f"| **mean of {len(comps)} compositions** | {cells} |")
     print(f"\nRebuilt in its own order and timing, the records keep the ensemble's class for {100 * agree:.2f} % "
           f"of their beats (the cost of building records this way).")
 

@@ -255,7 +255,7 @@ def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_p
     assert res.exit_code == 2 and "unknown split 'DS9'" in res.output
 
 
-def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys):
+def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys, monkeypatch):
     from ecgkit.evaluate import kfold
 
     mod = _benchmark_module()
@@ -288,7 +288,8 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
             lps.append(predict_log_proba(model, prepare_record(r, samples, mspec), mspec))
         ys.append(labels); ps.append(np.mean(lps, 0).argmax(1)); rs.append(np.full(labels.size, name))
     expected = ec57_report(np.concatenate(ys), np.concatenate(ps), np.concatenate(rs))
-    assert rows[2].split("|")[2:] == mod.report_row("x", expected).split("|")[2:]
+    rows_ens = mod.report_row("x", expected).split("|")[2:]
+    assert rows[2].split("|")[2:] == rows_ens
     with pytest.raises(SystemExit, match="no kfold"):
         mod.main([str(tmp_path)])
 
@@ -306,6 +307,53 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     assert "chosen on all DS1 folds: b = -50.0" in out
     crossed = [ln for ln in out.splitlines() if ln.startswith("| cross")][0]
     assert crossed.split("|")[3].strip().startswith("0.0 / nan")
+
+    # --compose: runs grouped by recipe (directory name less "_s<seed>"); a composition of one run of
+    # each recipe is the two-run ensemble above, one of a single run is that run's own row
+    (tmp_path / "a_s0").symlink_to(tmp_path / "kf3")
+    (tmp_path / "b_s0").symlink_to(tmp_path / "kf4")
+    named = [str(tmp_path / "a_s0"), str(tmp_path / "b_s0"), "--data", str(data_dir)]
+    mod.main(named + ["--compose", "a:1,b:1", "--per-record"])
+    out = capsys.readouterr().out.splitlines()
+    comp = [ln for ln in out if ln.startswith("| a_s0 + b_s0")]
+    mean = [ln for ln in out if ln.startswith("| **mean of 1")]
+    assert len(comp) == 1 and comp[0].split("|")[2:] == rows_ens
+    assert mean[0].split("|")[2:] == rows_ens
+    recs = [ln.split("|") for ln in out if ln.startswith("| 1")]
+    assert [r[1].strip() for r in recs] == records
+    found = sum(int(r[3].split("of")[0]) for r in recs)
+    n_s = sum(int(r[3].split("of")[1]) for r in recs)
+    assert n_s == int((np.concatenate(ys) == 1).sum())
+    assert found == int(((np.concatenate(ys) == 1) & (np.concatenate(ps) == 1)).sum())
+    mod.main(named + ["--compose", "a:1"])
+    comp = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| a_s0 |")]
+    assert comp[0].split("|")[2:] == mod.report_row("x", reports[0]).split("|")[2:]
+    assert mod.compositions(["r/a_s0", "r/a_s1", "r/b_s0", "r/a_s2"], "a:2,b:1") == [(0, 1, 2), (0, 2, 3), (1, 2, 3)]
+    with pytest.raises(SystemExit, match="asks for 2 run"):
+        mod.compositions(["r/a_s0", "r/b_s0"], "a:2")
+    with pytest.raises(SystemExit, match="RECIPE:K"):
+        mod.compositions(["r/a_s0"], "a")
+
+    # rhythm_stress --compose on the same runs, their fold models standing in for two shipped models
+    # that disagree (one epoch of the tiny recipe calls nothing S, which would make every line equal)
+    stress = _benchmark_module("rhythm_stress")
+    monkeypatch.setattr(stress, "load_any_model",
+                        lambda path: load_any_model("transnet" if "a_s0" in str(path) else "transnet-2lead"))
+    stress.main(named + ["--block", "--beats", "300", "--compose", "a:1,b:1"])
+    out = capsys.readouterr().out.splitlines()
+
+    def cells(prefix):
+        return [ln.split("|") for ln in out if ln.startswith(prefix)]
+
+    ens, a, b = cells("| **pooled, ensemble**"), cells("| pooled, a_s0"), cells("| pooled, b_s0")
+    comp = cells("| a_s0 + b_s0")[0]
+    assert [comp[i].strip() for i in (2, 3, 4)] == [ens[0][i].strip() for i in (2, 5, 8)]
+    assert comp[5].strip() == f"{ens[1][3].strip()} ({ens[1][4].strip()})"
+    assert a[1][3] != b[1][3]                     # the two members differ on the block rhythm
+    stress.main(named + ["--block", "--beats", "300", "--compose", "a:1"])
+    comp = [ln.split("|") for ln in capsys.readouterr().out.splitlines() if ln.startswith("| a_s0 |")][0]
+    assert [comp[i].strip() for i in (2, 3, 4)] == [a[0][i].strip() for i in (2, 5, 8)]
+    assert comp[5].strip() == f"{a[1][3].strip()} ({a[1][4].strip()})"
 
 
 def test_ema_is_the_average_of_the_raw_trajectory_and_leaves_it_unchanged(data_dir, tiny_config, monkeypatch):
