@@ -12,7 +12,7 @@ a selection tool, it never touches the test split.
 
 ``--adapt-bn`` re-estimates every BatchNorm's statistics on each record's own beats before
 classifying it (AdaBN, unsupervised adaptation to the test patient; tried and not adopted,
-see the README).
+see docs/experiments.md).
 
 ``--checkpoint last.pt`` scores each fold's raw last-epoch weights instead of ``best.pt``:
 with ``train.ema`` and ``data.val: []``, ``best.pt`` is the weight average of the last
