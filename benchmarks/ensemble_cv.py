@@ -19,7 +19,7 @@ with ``train.ema`` and ``data.val: []``, ``best.pt`` is the weight average of th
 epoch and ``last.pt`` the raw weights of the same training run, so one set of runs
 measures both.
 
-``--compose ema:2,block_abs_rate:1`` scores every ensemble that draws that many runs of each
+``--compose ema:2,block_abs_rate:1`` (repeatable) scores every ensemble that draws that many runs of each
 recipe (a run's recipe is its directory name without a trailing ``_s<seed>``: ``runs/ema_s0``
 is ``ema``), one row each, and the mean of each figure over those compositions: how a mixed
 ensemble does whichever seeds it gets. ``--per-record`` adds the ensemble's per-record counts
@@ -195,11 +195,12 @@ def main(argv=None) -> None:
     ap.add_argument("--checkpoint", default="best.pt",
                     help="file scored in each kfold/fold*/ (last.pt = raw weights of an EMA run)")
     ap.add_argument("--adapt-bn", action="store_true", help="re-estimate BatchNorm statistics per record (AdaBN)")
-    ap.add_argument("--compose", default=None, metavar="RECIPE:K,...",
-                    help="score every ensemble drawing K runs of each recipe (run directory name without _sN)")
+    ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
+                    help="score every ensemble drawing K runs of each recipe (run directory name without _sN); "
+                         "repeatable, one table each")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
     args = ap.parse_args(argv)
-    comps = compositions(args.runs, args.compose) if args.compose else None
+    specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
 
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn)
 
@@ -212,8 +213,8 @@ def main(argv=None) -> None:
     for run, lp in zip(args.runs, each):
         print(row(Path(run).name, lp))
     print(row(f"**ensemble of {len(each)}** (mean log-probability)", np.mean(each, axis=0)))
-    if comps:
-        print(f"\nEnsembles drawing {args.compose} ({len(comps)} compositions):\n")
+    for spec, comps in specs:
+        print(f"\nEnsembles drawing {spec} ({len(comps)} compositions):\n")
         print("| members | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")
         print("|---|---|---|---|---|")
         figs = []

@@ -43,7 +43,7 @@ a recipe change is adopted only if, besides its DS1 cross-validation rule, its h
 stopped the session-7 two-lead recipe, which passed DS1 and lost DS2's record 232? It would
 have if that recipe's ``majority`` share is more than 5 points under the baseline's.
 
-``--compose ema:2,block_abs_rate:1`` (as in ``ensemble_cv.py``) adds, for every ensemble drawing
+``--compose ema:2,block_abs_rate:1`` (as in ``ensemble_cv.py``, repeatable) adds, for every ensemble drawing
 that many runs of each recipe, the pooled S found (real / sparse / majority) and, with
 ``--block``, the block rhythm's N->S share, and the mean of each over the compositions.
 """
@@ -265,8 +265,8 @@ def main(argv=None) -> None:
     ap.add_argument("--block", action="store_true",
                     help="also rebuild every record with >= 100 N beats as sinus rhythm with stretches of "
                          "2:1 AV block (all N) and print the share of N beats called S")
-    ap.add_argument("--compose", default=None, metavar="RECIPE:K,...",
-                    help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py)")
+    ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
+                    help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     args = ap.parse_args(argv)
 
     if bool(args.runs) == bool(args.model):
@@ -279,7 +279,7 @@ def main(argv=None) -> None:
         args.runs = args.model
     else:
         maps = [held_out_models(r) for r in args.runs]
-    comps = compositions(args.runs, args.compose) if args.compose else None
+    specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
     records = sorted(set(maps[0]).intersection(*maps[1:]))
     s_idx = AAMI_CLASSES.index("S")
     paths = dict(zip(records, resolve_records(records, args.data)))
@@ -367,16 +367,16 @@ def main(argv=None) -> None:
             for i, run in enumerate(args.runs):
                 pr = np.concatenate([b[3][i] for b in blocks.values()])
                 print(f"| pooled, {Path(run).name} | | {bcell(bl, pr)} |")
-    if comps:
-        print(f"\nEnsembles drawing {args.compose} ({len(comps)} compositions): pooled S found (real / sparse "
+    def found(kind, c):
+        ys = np.concatenate([t[0] for t in tallies[kind].values()])
+        ps = np.concatenate([np.mean([t[3][i] for i in c], 0).argmax(1) for t in tallies[kind].values()])
+        return 100 * np.mean(ps[ys == "S"] == s_idx)
+
+    for spec, comps in specs:
+        print(f"\nEnsembles drawing {spec} ({len(comps)} compositions): pooled S found (real / sparse "
               f"/ majority){' and the block rhythm: N->S (1:1 beats)' if blocks else ''}.\n")
         print("| members | real | sparse | majority |" + (" block N->S (1:1) |" if blocks else ""))
         print("|---|---|---|---|" + ("---|" if blocks else ""))
-
-        def found(kind, c):
-            ys = np.concatenate([t[0] for t in tallies[kind].values()])
-            ps = np.concatenate([np.mean([t[3][i] for i in c], 0).argmax(1) for t in tallies[kind].values()])
-            return 100 * np.mean(ps[ys == "S"] == s_idx)
 
         figs = []
         for c in comps:
