@@ -46,7 +46,7 @@ from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
 from ecgkit.evaluate import match_to_reference  # noqa: E402
 from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import read_annotations, read_record  # noqa: E402
-from ecgkit.metrics import AAMI_CLASSES, MISSED, ec57_report  # noqa: E402
+from ecgkit.metrics import AAMI_CLASSES, MISSED, confusion_matrix, ec57_report  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.registry import create  # noqa: E402
 from ecgkit.segment import detect_beats  # noqa: E402
@@ -65,9 +65,7 @@ def held_out_models(run: str, checkpoint: str = "best.pt") -> dict[str, str]:
 
 def report_row(name: str, rep: dict) -> str:
     """One markdown row of an EC57 report: accuracy, SVEB and VEB Se / +P / F1, jk."""
-    g = rep["gross"]
-    f = lambda c: f"{100 * g[c]['Se']:.1f} / {100 * g[c]['+P']:.1f} / {100 * g[c]['F1']:.1f}"  # noqa: E731
-    return f"| {name} | {100 * rep['accuracy']:.1f} | {f('S')} | {f('V')} | {rep['jk']:.3f} |"
+    return figures_row(name, report_figures(rep))
 
 
 def run_group(run: str) -> str:
@@ -111,12 +109,9 @@ def per_record_table(y: np.ndarray, pred: np.ndarray, records: np.ndarray) -> li
     S, V, N = (AAMI_CLASSES.index(c) for c in "SVN")
     out = ["| record | beats | S found | false S (from N / V) | V found | false V |", "|---|---|---|---|---|---|"]
     for rec in sorted(set(records)):
-        m = records == rec
-        yy, pp = y[m], pred[m]
-        out.append(f"| {rec} | {m.sum()} | {((yy == S) & (pp == S)).sum()} of {(yy == S).sum()} | "
-                   f"{((yy != S) & (pp == S)).sum()} ({((yy == N) & (pp == S)).sum()} / "
-                   f"{((yy == V) & (pp == S)).sum()}) | {((yy == V) & (pp == V)).sum()} of {(yy == V).sum()} | "
-                   f"{((yy != V) & (pp == V)).sum()} |")
+        cm = confusion_matrix(y[records == rec], pred[records == rec])
+        out.append(f"| {rec} | {cm.sum()} | {cm[S, S]} of {cm[S].sum()} | {cm[:, S].sum() - cm[S, S]} "
+                   f"({cm[N, S]} / {cm[V, S]}) | {cm[V, V]} of {cm[V].sum()} | {cm[:, V].sum() - cm[V, V]} |")
     return out
 
 

@@ -285,8 +285,8 @@ def main(argv=None) -> None:
     paths = dict(zip(records, resolve_records(records, args.data)))
     models: dict[str, tuple] = {}
     kinds = ("real", "sparse", "majority")
-    tallies = {k: {} for k in kinds + ("identity",)}  # kind -> record -> (y, pred ensemble, [pred per run])
-    blocks = {}  # record -> (blocked mask, real N->S share, pred ensemble, [pred per run]) of the block rhythm
+    tallies = {k: {} for k in kinds + ("identity",)}  # kind -> record -> (y, pred ensemble, [log-probs per run])
+    blocks = {}  # record -> (blocked mask, real N->S share, pred ensemble, [log-probs per run]) of the block rhythm
 
     def classify(rec_name, r, p):
         lps = []
@@ -295,7 +295,7 @@ def main(argv=None) -> None:
                 models[m[rec_name]] = load_any_model(m[rec_name])
             model, spec, _ = models[m[rec_name]]
             lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
-        return np.mean(lps, 0).argmax(1), [lp.argmax(1) for lp in lps], lps
+        return np.mean(lps, 0).argmax(1), lps
 
     for rec_name in records:
         peaks, cls = reference_beats(*read_annotations(paths[rec_name], "atr"))
@@ -341,7 +341,7 @@ def main(argv=None) -> None:
 
     def pooled(kind, which=None):
         ys = np.concatenate([t[0] for t in tallies[kind].values()])
-        ps = np.concatenate([t[1] if which is None else t[2][which] for t in tallies[kind].values()])
+        ps = np.concatenate([t[1] if which is None else t[2][which].argmax(1) for t in tallies[kind].values()])
         return cell(ys, ps)
 
     agree = np.mean(np.concatenate([tallies["identity"][r][1] == tallies["real"][r][1] for r in tallies["real"]]))
@@ -359,17 +359,18 @@ def main(argv=None) -> None:
             s = pred == s_idx
             return f"{100 * s.mean():.1f} | {100 * s[~blocked].mean():.1f} | {100 * s[blocked].mean():.1f}"
 
-        for rec_name, (blocked, real_ns, pred, *_) in blocks.items():
+        for rec_name, (blocked, real_ns, pred, _) in blocks.items():
             print(f"| {rec_name} | {real_ns:.1f} | {bcell(blocked, pred)} |")
         bl = np.concatenate([b[0] for b in blocks.values()])
         print(f"| **pooled, ensemble** | | {bcell(bl, np.concatenate([b[2] for b in blocks.values()]))} |")
         if len(args.runs) > 1:
             for i, run in enumerate(args.runs):
-                pr = np.concatenate([b[3][i] for b in blocks.values()])
+                pr = np.concatenate([b[3][i].argmax(1) for b in blocks.values()])
                 print(f"| pooled, {Path(run).name} | | {bcell(bl, pr)} |")
+
     def found(kind, c):
         ys = np.concatenate([t[0] for t in tallies[kind].values()])
-        ps = np.concatenate([np.mean([t[3][i] for i in c], 0).argmax(1) for t in tallies[kind].values()])
+        ps = np.concatenate([np.mean([t[2][i] for i in c], 0).argmax(1) for t in tallies[kind].values()])
         return 100 * np.mean(ps[ys == "S"] == s_idx)
 
     for spec, comps in specs:
@@ -382,8 +383,7 @@ def main(argv=None) -> None:
         for c in comps:
             f = [found(k, c) for k in kinds]
             if blocks:
-                bl = np.concatenate([b[0] for b in blocks.values()])
-                pr = np.concatenate([np.mean([b[4][i] for i in c], 0).argmax(1) for b in blocks.values()]) == s_idx
+                pr = np.concatenate([np.mean([b[3][i] for i in c], 0).argmax(1) for b in blocks.values()]) == s_idx
                 f += [100 * pr.mean(), 100 * pr[~bl].mean()]
             figs.append(f)
             cells = " | ".join(f"{v:.1f}" for v in f[:3]) + (f" | {f[3]:.1f} ({f[4]:.1f})" if blocks else "")

@@ -325,6 +325,8 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     n_s = sum(int(r[3].split("of")[1]) for r in recs)
     assert n_s == int((np.concatenate(ys) == 1).sum())
     assert found == int(((np.concatenate(ys) == 1) & (np.concatenate(ps) == 1)).sum())
+    false_s = sum(int(r[4].split("(")[0]) for r in recs)
+    assert found + false_s == int((np.concatenate(ps) == 1).sum())       # every beat called S, once
     comp = [ln for ln in out if ln.startswith("| a_s0 |")]
     assert comp[0].split("|")[2:] == mod.report_row("x", reports[0]).split("|")[2:]
     assert mod.compositions(["r/a_s0", "r/a_s1", "r/b_s0", "r/a_s2"], "a:2,b:1") == [(0, 1, 2), (0, 2, 3), (1, 2, 3)]
