@@ -80,6 +80,10 @@ class TransNetConfig:
     absolute_rr: bool = False            # also feed log(local mean RR / 1 s): the local heart rate itself, which
                                          # separates 1:1 conduction after 2:1 AV block (normal rate after a slow
                                          # one) from an ectopic run (a fast rate after a normal one)
+    record_rr: bool = True               # the three RR ratios to the record mean (pre, post, local mean vs record);
+                                         # False = prematurity against the local rhythm only (log pre/local,
+                                         # post/local, post/pre): a stretch at a steady rate looks sinus however
+                                         # much slower the rest of the record is (1:1 conduction between 2:1 AV block)
     shape_head: float = 0.0              # > 0: training-only auxiliary loss (this weight x BCE): a linear head on the
                                          # morphology token ALONE says "ventricular (V) or not (N, S)", so the tokenizer
                                          # must encode V by shape, not leave it to rhythm (F, Q beats not scored)
@@ -150,7 +154,9 @@ class ContextFeatures(nn.Module):
     RR part (6): log-ratios only, no absolute RR: prematurity relative to the patient's own local and overall
     rhythm is what carries across patients; absolute heart rate mostly identifies the patient. With
     ``absolute_rr`` (off by default) one more scalar, the log local mean RR in seconds: rate ratios alone
-    cannot tell 1:1 conduction returning after 2:1 AV block (N) from a run of ectopic beats (S).
+    cannot tell 1:1 conduction returning after 2:1 AV block (N) from a run of ectopic beats (S). With
+    ``record_rr`` off, the three ratios to the record mean are dropped (3 RR scalars): prematurity is then
+    judged against the local rhythm only.
     Morphology part (5, when the median channel is present): similarity of the beat to the record's median beat
     (median = channel0 - channel1), over the whole window, the QRS and the P-wave region, plus energy ratios.
     These are exactly the cues of the classic "premature AND normal-looking -> S" rule, given explicitly so the
@@ -170,6 +176,8 @@ class ContextFeatures(nn.Module):
         if self.use_morph and {"lead2", "lead2_minus_record_median"} <= set(cfg.channels):
             self.pairs.append((cfg.channels.index("lead2"), cfg.channels.index("lead2_minus_record_median")))
         self.absolute_rr = cfg.absolute_rr
+        self.record_rr = cfg.record_rr
+        self.n_rr = 6 if self.record_rr else 3
         n_in = self.n_rr + int(self.absolute_rr) + self.n_morph * len(self.pairs)
         fs, b = cfg.fs_hz, cfg.before
         self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
@@ -192,6 +200,8 @@ class ContextFeatures(nn.Module):
             dim=-1,
         )
         return f.clamp(-3.0, 3.0)
+
+    LOCAL_RR = (0, 1, 4)  # the columns of rr_features that do not read the record mean
 
     @staticmethod
     def _corr(a: Tensor, b: Tensor) -> Tensor:  # (..., S), (..., S) -> (...)
@@ -216,7 +226,8 @@ class ContextFeatures(nn.Module):
         return f.clamp(-3.0, 3.0)
 
     def forward(self, windows: Tensor, rr: Tensor) -> Tensor:  # -> (B, T, d_model)
-        f = [self.rr_features(rr)] + [self.morph_features(windows, i, j) for i, j in self.pairs]
+        r = self.rr_features(rr)
+        f = [r if self.record_rr else r[..., list(self.LOCAL_RR)]] + [self.morph_features(windows, i, j) for i, j in self.pairs]
         if self.absolute_rr:  # local rate in seconds, log-scaled: 0 at 60 bpm
             f.append(torch.log(rr[..., 2:3].clamp_min(1e-2)).clamp(-3.0, 3.0))
         return self.mlp(torch.cat(f, dim=-1))
