@@ -668,6 +668,29 @@ def test_absolute_rr_is_the_one_input_that_sees_the_heart_rate():
         assert torch.allclose(m(x, one), zeroed)
 
 
+def test_record_rr_off_reads_no_record_mean():
+    """transnet record_rr=False: the record mean RR (column 3) is not an input, so changing it changes no
+    logit, while changing it does with the default (record_rr=True). A steady stretch of beats then looks
+    the same whatever the rest of the record's rate; prematurity against the local rhythm still counts."""
+    from ecgkit.registry import create
+
+    torch.manual_seed(0)
+    x, rr = torch.randn(2, 6, 2, 144), 0.5 + torch.rand(2, 6, 4)
+    longer = rr.clone()
+    longer[..., 3] *= 1.3                                 # the rest of the record slower (2:1 stretches)
+    premature = rr.clone()
+    premature[:, 3, 0] *= 0.6                             # beat 3 early against its local rhythm
+    for record_rr in (True, False):
+        torch.manual_seed(1)
+        m = create("encoders", "transnet", d_model=32, n_layers=1, block_channels=[16, 16], record_rr=record_rr)
+        m.eval()
+        assert m.ctx_embed.mlp[0].in_features == (6 if record_rr else 3) + 5
+        with torch.no_grad():
+            a, b, c = m(x, rr), m(x, longer), m(x, premature)
+        assert torch.allclose(a, b, atol=1e-6) != record_rr
+        assert not torch.allclose(a, c, atol=1e-4)
+
+
 def test_shape_head_loss_scores_n_s_v_by_the_token_alone():
     """transnet shape_head: weight x BCE(V vs N/S) of a head on the morphology token; F, Q, unlabelled not scored."""
     import torch.nn.functional as F
