@@ -63,7 +63,9 @@ def register_encoders():
     ``after_samples``, ``channels`` (from ``"beat"`` and
     ``"beat_minus_record_median"``, the channels ecgkit builds) and ``classes``, and
     optionally ``seq_len`` (beats per sequence at inference, default 64),
-    ``local_rr_beats`` (default 10) and ``bandpass_hz`` (default ``[0.5, 35]``).
+    ``local_rr_beats`` (default 10), ``bandpass_hz`` (default ``[0.5, 35]``) and
+    ``record_rr_stat`` (``"mean"``, the default, or ``"median"``: how the record-level RR
+    column is taken from the record's intervals).
     ``ecgkit train`` passes ``seq_len`` to the factory, so it must accept it.
 
     A name may also resolve to a shipped checkpoint: see ``register_models``.

@@ -80,7 +80,7 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         W = beat_windows(sig, pos, b, a)  # (n, b + a), zero-padded at the record's edges
         out["W" + suffix] = W.astype(np.float32)
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
-    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10))
+    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), spec.get("record_rr_stat", "mean"))
     return out
 
 

@@ -90,7 +90,11 @@ def detect_beats(detector, record: Record) -> np.ndarray:
 RR_FEATURES = ("pre_rr", "post_rr", "local_mean_rr", "record_mean_rr")
 
 
-def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarray:
+#: How the record-level RR reference (column 3) is taken from the record's pre-RR intervals.
+RECORD_RR_STATS = ("mean", "median")
+
+
+def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat: str = "mean") -> np.ndarray:
     """RR features in seconds, ``(n_beats, 4)``: pre-RR, post-RR, local mean RR, record mean RR.
 
     * pre-RR: time from the previous beat (the first beat takes its post-RR);
@@ -98,10 +102,14 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarr
     * local mean RR: mean of the ``local_beats`` most recent pre-RR intervals, the
       beat's own included (fewer at the start of the record); causal, so a premature
       beat is compared with the rhythm that led up to it;
-    * record mean RR: mean of all pre-RR intervals of the record.
+    * record mean RR: mean of all pre-RR intervals of the record; with ``record_stat="median"``
+      their median (the usual interval: long pauses, 2:1 AV block or a minority of ectopic runs
+      do not move it).
 
     A record with a single beat gets 1 s everywhere (no rhythm information).
     """
+    if record_stat not in RECORD_RR_STATS:
+        raise ValueError(f"record_stat must be one of {RECORD_RR_STATS}, got {record_stat!r}")
     peaks = np.asarray(peaks, dtype=np.float64)
     n = peaks.size
     if n == 0:
@@ -115,7 +123,7 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10) -> np.ndarr
     hi = np.arange(1, n + 1)
     lo = np.maximum(hi - local_beats, 0)
     local = (c[hi] - c[lo]) / (hi - lo)
-    rec = np.full(n, pre.mean())
+    rec = np.full(n, np.median(pre) if record_stat == "median" else pre.mean())
     return np.stack([pre, post, local, rec], axis=1).astype(np.float32)
 
 

@@ -335,17 +335,19 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
     return rr, y
 
 
-def _set_intervals(rr, b: int, iv, local_beats: int) -> None:
+def _set_intervals(rr, b: int, iv, local_beats: int, record_stat: str = "mean") -> None:
     """Rewrite sequence ``b`` of ``rr`` from ``iv``, its ``T + 1`` intervals (the one before each beat, then the
-    one after the last): pre- and post-RR, the local mean recomputed, the record mean scaled by the new mean rate."""
-    old_mean = rr[b, :, 0].mean()
+    one after the last): pre- and post-RR, the local mean recomputed, the record reference scaled by the new
+    rate (its mean, or with ``record_stat="median"`` its median, as the model's ``record_rr_stat`` reads it)."""
+    stat = torch.median if record_stat == "median" else torch.mean
+    old = stat(rr[b, :, 0])
     pre, post = iv[:-1], iv[1:]
     rr[b, :, 0], rr[b, :, 1] = pre, post
     rr[b, :, 2] = _local_mean(pre, local_beats)
-    rr[b, :, 3] = rr[b, :, 3] * pre.mean() / old_mean
+    rr[b, :, 3] = rr[b, :, 3] * stat(pre) / old
 
 
-def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean"):
     """Frequent atrial ectopy on whole N-only sequences (a label-changing RR augmentation).
 
     DS1's S beats come from a handful of patients, mostly as isolated beats or short runs in
@@ -376,12 +378,12 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10)
         jit = 1 + 0.03 * torch.randn(T + 1, generator=g)
         prev_ect = torch.cat([torch.zeros(1, dtype=torch.bool), ect[:-1]])
         iv = torch.where(ect, u * m, torch.where(prev_ect, pause * m, torch.tensor(m))) * jit  # interval before each beat
-        _set_intervals(rr, b, iv, local_beats)
+        _set_intervals(rr, b, iv, local_beats, record_stat)
         y[b] = ect[:-1].long()  # 1 = S
     return rr, y, sel
 
 
-def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
+def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean"):
     """Second-degree AV block with 2:1 conduction in stretches, on whole N-only sequences; labels unchanged.
 
     The counterweight to :func:`synthetic_ectopy`, as :func:`synthetic_af` is to :func:`synthetic_s`:
@@ -405,7 +407,8 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10):
             if blocked:
                 factor[t:t + n] = 2.0
             t, blocked = t + n, not blocked
-        _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats)
+        _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats,
+                       record_stat)
     return rr, sel
 
 
@@ -515,6 +518,7 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     rr, y = rr.clone(), y.clone()
     pre_recorded = rr[..., 0].clone()  # the record's own intervals, for neighbour_overlap
     local_beats = spec.get("local_rr_beats", 10)
+    record_stat = spec.get("record_rr_stat", "mean")
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
     if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
         rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats, tc.augment.af_rate)
@@ -528,7 +532,7 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     keep = ~rewritten
     if tc.augment.synthetic_ectopy > 0:  # on N-only sequences the AF series left alone
         rr[keep], y[keep], ect = synthetic_ectopy(rr[keep], y[keep], g, tc.augment.synthetic_ectopy,
-                                                  local_beats)
+                                                  local_beats, record_stat)
         ect_full = torch.zeros_like(keep)  # the rewritten sequences, indexed over the whole batch
         ect_full[keep] = ect
         classes = list(spec["classes"])
@@ -540,7 +544,8 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
                                classes.index("S"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_block > 0:  # on N-only sequences no other RR rewrite took
-        rr[keep], blk = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats)
+        rr[keep], blk = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats,
+                                        record_stat)
         keep[keep.clone()] = ~blk  # a synthetic S beat inside 2:1 block could sit at the sinus rate
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)

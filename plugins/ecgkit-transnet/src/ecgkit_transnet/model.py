@@ -84,6 +84,11 @@ class TransNetConfig:
                                          # False = prematurity against the local rhythm only (log pre/local,
                                          # post/local, post/pre): a stretch at a steady rate looks sinus however
                                          # much slower the rest of the record is (1:1 conduction between 2:1 AV block)
+    record_rr_stat: str = "mean"         # the record-level RR reference the three record ratios divide by: the mean
+                                         # of the record's intervals, or "median", the usual interval, which long
+                                         # pauses and 2:1 AV block do not lengthen (the mean makes a steady 1:1
+                                         # stretch between 2:1 stretches look premature); read by ecgkit from
+                                         # input_spec when it builds the RR features
     shape_head: float = 0.0              # > 0: training-only auxiliary loss (this weight x BCE): a linear head on the
                                          # morphology token ALONE says "ventricular (V) or not (N, S)", so the tokenizer
                                          # must encode V by shape, not leave it to rhythm (F, Q beats not scored)

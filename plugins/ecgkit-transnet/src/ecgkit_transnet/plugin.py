@@ -23,6 +23,7 @@ def transnet(**params):
     from dataclasses import fields
 
     from ecgkit.errors import ConfigError
+    from ecgkit.segment import RECORD_RR_STATS
 
     from .model import ECGTransNet, TransNetConfig
 
@@ -31,6 +32,9 @@ def transnet(**params):
     if unknown:
         raise ConfigError(f"transnet: unknown parameter {unknown[0]!r}; known: {', '.join(sorted(known))}")
     cfg = TransNetConfig(**params)
+    if cfg.record_rr_stat not in RECORD_RR_STATS:
+        raise ConfigError(f"transnet: record_rr_stat must be one of {', '.join(RECORD_RR_STATS)}, "
+                          f"got {cfg.record_rr_stat!r}")
     if not cfg.shape_head >= 0:
         raise ConfigError(f"transnet: shape_head is a loss weight (>= 0, 0 = off), got {cfg.shape_head}")
     if cfg.shape_head > 0 and not {"N", "S", "V"} <= set(cfg.classes):
@@ -46,6 +50,8 @@ def transnet(**params):
         "local_rr_beats": int(cfg.local_rr_beats),
         "bandpass_hz": [float(f) for f in cfg.bandpass_hz],
     }
+    if cfg.record_rr_stat != "mean":  # the default stays unnamed: the shipped checkpoints' contract is unchanged
+        model.input_spec["record_rr_stat"] = cfg.record_rr_stat
     return model
 
 
