@@ -147,6 +147,42 @@ def test_synthetic_af_rate_speeds_up_the_fibrillation_and_is_off_at_zero(batch):
     assert np.mean(speed) < 0.9
 
 
+@pytest.mark.parametrize("stat", ["mean", "median"])
+def test_rewritten_rhythms_rescale_the_record_reference_by_the_models_statistic(batch, stat):
+    """synthetic_ectopy / synthetic_block treat the sequence as the record: column 3 moves by the ratio of the new
+    intervals' statistic to the old ones' (the mean, or the median for a model with record_rr_stat: median)."""
+    f = torch.median if stat == "median" else torch.mean
+    for fn in (synthetic_ectopy, synthetic_block):
+        before = batch[0].clone()
+        out = fn(before.clone(), batch[1].clone(), torch.Generator().manual_seed(2), 1.0, 10, stat)
+        rr2, sel = out[0], out[-1]
+        assert sel.any()
+        for b in sel.nonzero()[:, 0].tolist():
+            want = before[b, 0, 3] * f(rr2[b, :, 0]) / f(before[b, :, 0])
+            assert torch.allclose(rr2[b, :, 3], want.expand(T), rtol=1e-5)
+    # the two differ where the rhythm has a minority of long intervals (2:1 stretches)
+    g = lambda s: synthetic_block(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(2), 1.0, 10, s)[0]
+    assert not torch.allclose(g("mean")[..., 3], g("median")[..., 3])
+
+
+def test_prepare_record_takes_the_record_reference_the_spec_names(data_dir):
+    """Record 231 (2:1 AV block in stretches): the median interval is the 1:1 one, the mean about 1.17 times it."""
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+
+    rec = read_record(str(data_dir / "231"))
+    s, sym = read_annotations(rec.path, "atr")
+    samples, _ = reference_beats(s, sym)
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    mean = prepare_record(rec, samples, spec)["rr"]
+    median = prepare_record(rec, samples, {**spec, "record_rr_stat": "median"})["rr"]
+    pre = np.diff(samples) / 360.0
+    assert median[0, 3] == pytest.approx(np.median(np.concatenate([[pre[0]], pre])), rel=1e-6)
+    assert mean[0, 3] == pytest.approx(np.concatenate([[pre[0]], pre]).mean(), rel=1e-6)
+    assert 1.1 < mean[0, 3] / median[0, 3] < 1.25
+    np.testing.assert_array_equal(mean[:, :3], median[:, :3])
+
+
 def test_fibrillatory_p_removes_the_p_wave_only(data_dir):
     from ecgkit.inference import prepare_record
     from ecgkit.io import read_record

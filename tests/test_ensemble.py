@@ -46,6 +46,13 @@ def test_members_must_share_the_input_contract():
     b = create("encoders", "transnet", **{**PARAMS, "fs_hz": 250.0})
     with pytest.raises(ConfigError, match="member 2 .*fs_hz"):
         Ensemble([a, b])
+    c = create("encoders", "transnet", **{**PARAMS, "record_rr_stat": "median"})  # reads another RR column 3
+    with pytest.raises(ConfigError, match="member 2 .*record_rr_stat"):
+        Ensemble([a, c])
+    with pytest.raises(ConfigError, match="record_rr_stat must be one of mean, median"):
+        create("encoders", "transnet", **{**PARAMS, "record_rr_stat": "mode"})
+    assert "record_rr_stat" not in a.input_spec  # the default keeps the shipped checkpoints' contract
+    assert c.input_spec["record_rr_stat"] == "median"
     with pytest.raises(ConfigError, match="non-empty"):
         create("encoders", "ensemble", members=[])
     with pytest.raises(ConfigError, match="member 1"):

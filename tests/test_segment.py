@@ -64,6 +64,19 @@ def test_rr_record_mean_is_one_value_per_record():
     assert rr[0, REC] == pytest.approx(rr[:, PRE].mean(), rel=1e-6)
 
 
+def test_rr_record_median_is_the_usual_interval():
+    """record_stat="median": a 2:1 stretch (6 of 21 intervals twice as long) lengthens the mean 1.29 times and
+    leaves the median at the 1:1 interval; every other column is the same as with the mean."""
+    iv = np.array([1.0] * 14 + [2.0] * 6)                 # s: 1:1 conduction, then 2:1 block
+    peaks = np.round(np.concatenate([[0.0], np.cumsum(iv)]) * 100).astype(np.int64)
+    mean, median = rr_features(peaks, 100.0), rr_features(peaks, 100.0, record_stat="median")
+    np.testing.assert_allclose(mean[:, REC], 27 / 21, rtol=1e-6)  # pre-RR: 15 x 1 s (the first beat's own) + 6 x 2 s
+    np.testing.assert_allclose(median[:, REC], 1.0)
+    np.testing.assert_array_equal(median[:, :REC], mean[:, :REC])
+    with pytest.raises(ValueError, match="record_stat"):
+        rr_features(peaks, 100.0, record_stat="mode")
+
+
 def test_rr_features_zero_and_one_beat():
     assert rr_features(np.array([], dtype=np.int64), 360.0).shape == (0, 4)
     np.testing.assert_array_equal(rr_features(np.array([500]), 360.0), np.ones((1, 4), np.float32))
