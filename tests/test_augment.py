@@ -452,3 +452,36 @@ def test_synthetic_s_skips_the_sequences_synthetic_block_rewrote(data_dir, tmp_p
         gained[block] = (y2[n_only] == 1).any(1)
     assert gained[0.0].all()          # without the block, synthetic_s turns beats of every N-only sequence S
     assert not gained[1.0].any()      # with it (p = 1), every N-only sequence is in block and stays N
+
+
+def test_training_batches_rescale_the_record_reference_the_spec_names(data_dir, tmp_path):
+    """training_batch hands the model's record_rr_stat to the rhythm rewrites: same draws, the same pre/post/local
+    columns, and in the rewritten sequences the record column moved by the median ratio, not the mean one."""
+    import yaml
+
+    from ecgkit.config import load_config
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.registry import create
+    from ecgkit.segment import labelled_peaks
+    from ecgkit.train import sample_batch, training_batch
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80, "classes": list("NSVFQ")}
+    rec = read_record(str(data_dir / "100"))
+    peaks, y = labelled_peaks(rec, create("segmenters", "reference"))
+    fit = {"100": {**prepare_record(rec, peaks, spec, margin=4), "y": y}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": {"seq_len": 64, "batch_size": 8, "augment": {
+        "rr_jitter": 0, "synthetic_ectopy": 1.0}}}))
+    tc = load_config(p).train
+    rr = {s: training_batch(fit, ["100"], tc, {**spec, "record_rr_stat": s}, 4, torch.Generator().manual_seed(1))[2]
+          for s in ("mean", "median")}
+    recorded = sample_batch(fit, ["100"], 64, 8, torch.Generator().manual_seed(1))[2]
+    rewritten = (rr["mean"][..., 0] != recorded[..., 0]).any(-1)
+    assert int(rewritten.sum()) > 0
+    assert torch.equal(rr["mean"][..., :3], rr["median"][..., :3])
+    for b in rewritten.nonzero()[:, 0].tolist():
+        for s, f in (("mean", torch.mean), ("median", torch.median)):
+            want = recorded[b, 0, 3] * f(rr[s][b, :, 0]) / f(recorded[b, :, 0])
+            assert torch.allclose(rr[s][b, :, 3], want.expand(64), rtol=1e-5)
+    assert not torch.allclose(rr["mean"][rewritten][..., 3], rr["median"][rewritten][..., 3])
