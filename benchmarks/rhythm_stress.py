@@ -51,6 +51,7 @@ that many runs of each recipe, the pooled S found (real / sparse / majority) and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -233,11 +234,50 @@ def synthetic_record(rec: Record, peaks, labels, kind: str, n_beats: int, rng,
 
 
 def block_record(rec: Record, peaks, labels, n_beats: int, rng,
-                 x: np.ndarray | None = None) -> tuple[Record, np.ndarray, np.ndarray]:
-    """A :class:`Record` of :func:`compose_block`'s 2:1 block rhythm, its R peaks and its ``blocked`` mask."""
+                 x: np.ndarray | None = None, blocked_p: bool = False) -> tuple[Record, np.ndarray, np.ndarray]:
+    """A :class:`Record` of :func:`compose_block`'s 2:1 block rhythm, its R peaks and its ``blocked`` mask.
+
+    ``blocked_p``: draw each blocked P wave, half way through its 2:1 interval (see :func:`draw_blocked_p`).
+    """
     x = source_signal(rec) if x is None else x
     order, out_peaks, _, blocked = compose_block(peaks, labels, rec.fs, n_beats, rng)
-    return _rebuild(rec, x, peaks, order, out_peaks, "block"), out_peaks, blocked
+    r = _rebuild(rec, x, peaks, order, out_peaks, "block")
+    if blocked_p:
+        r = draw_blocked_p(r, x, peaks, order, out_peaks, blocked)
+    return r, out_peaks, blocked
+
+
+#: The P segment :func:`draw_blocked_p` copies: from this long before a beat's R ...
+P_FROM_S = 0.30
+#: ... to this long before it (the P wave, no QRS).
+P_TO_S = 0.10
+
+
+def draw_blocked_p(rec: Record, x: np.ndarray, peaks, order, out_peaks, blocked) -> Record:
+    """The block rhythm with its blocked P waves drawn (every lead).
+
+    In 2:1 AV block the atria beat twice per interval: the conducted beat's own P wave sits before
+    its QRS, and the blocked one a half interval earlier (the P-P interval is half the R-R one).
+    Each beat ending a 2:1 interval lends a copy of its own recorded P segment (``P_FROM_S`` to
+    ``P_TO_S`` before its R, both ends brought to zero by removing the straight line between them,
+    so only the wave is added), placed a half interval before its own and added to the bridged gap.
+    """
+    fs = rec.fs
+    a, b = int(round(P_FROM_S * fs)), int(round(P_TO_S * fs))
+    y = np.stack([rec.signal, *rec.others.values()], 1).copy()
+    ramp = np.linspace(0.0, 1.0, a - b)[:, None]
+    for i in np.flatnonzero(blocked):
+        if i == 0:
+            continue
+        src = int(peaks[order[i]])
+        if src - a < 0:
+            continue
+        seg = x[src - a:src - b]
+        seg = seg - (seg[:1] + ramp * (seg[-1:] - seg[:1]))
+        t0 = int(out_peaks[i]) - a - int(round((out_peaks[i] - out_peaks[i - 1]) / 2))
+        if t0 >= 0:
+            y[t0:t0 + a - b] += seg
+    return dataclasses.replace(rec, signal=y[:, 0], others={name: y[:, k + 1] for k, name in enumerate(rec.others)})
 
 
 def _rebuild(rec: Record, x: np.ndarray, peaks, order, out_peaks, kind: str) -> Record:
@@ -265,6 +305,9 @@ def main(argv=None) -> None:
     ap.add_argument("--block", action="store_true",
                     help="also rebuild every record with >= 100 N beats as sinus rhythm with stretches of "
                          "2:1 AV block (all N) and print the share of N beats called S")
+    ap.add_argument("--blocked-p", action="store_true",
+                    help="with --block: draw the blocked P waves, a copy of each conducted beat's own P wave half "
+                         "way through its 2:1 interval (models whose window reaches it can see the block)")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     args = ap.parse_args(argv)
@@ -309,7 +352,8 @@ def main(argv=None) -> None:
         real = classify(rec_name, rec, peaks)
         if args.block and n.sum() >= 100:  # its own draws: adding it changes no other rhythm's draw
             r, p, blocked = block_record(rec, peaks, labels, args.beats,
-                                         np.random.default_rng([args.seed, int(rec_name), 2]), x)
+                                         np.random.default_rng([args.seed, int(rec_name), 2]), x,
+                                         blocked_p=args.blocked_p)
             blocks[rec_name] = (blocked, 100 * np.mean(real[0][n] == s_idx), *classify(rec_name, r, p))
         if not with_s:
             continue

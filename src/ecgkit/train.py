@@ -158,14 +158,18 @@ def _lead_augment(W, med, g: torch.Generator, a: AugmentConfig, margin: int, bef
     return W, med, warp
 
 
-def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, before: int = 0, lead2=None):
+def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, before: int = 0, lead2=None,
+            rate_scale: bool = True):
     """Simulate other patients and recording conditions on a batch.
 
     W (B, T, L) windows, med (B, L) median beats, rr (B, T, 4) seconds. Returns the
     augmented tensors and per-beat crop offsets for the time shift. ``lead2``: ``(W2, med2)``
     of a second lead, augmented with its own gain and noise but the same stretch and crop,
     and returned as a fifth value when given (its draws come after all of the first lead's,
-    so a one-lead batch draws exactly as before).
+    so a one-lead batch draws exactly as before). ``rate_scale=False`` leaves out the
+    sequence-wide RR scale of ``rr_jitter`` (drawn all the same, so the draws do not move):
+    for a model whose windows are cut at the next beat (``cut_next_s``), where scaling every
+    interval would move the cut away from what the window shows.
     """
     B, T, L = W.shape
     W, med, warp = _lead_augment(W, med, g, a, margin, before)
@@ -177,7 +181,9 @@ def augment(W, med, rr, g: torch.Generator, a: AugmentConfig, margin: int, befor
         return torch.randn(*s, generator=g)
 
     if a.rr_jitter > 0:
-        rr = rr * torch.exp(0.2 * (U(B, 1, 1) * 2 - 1))  # heart rate of another patient
+        scale = torch.exp(0.2 * (U(B, 1, 1) * 2 - 1))  # heart rate of another patient
+        if rate_scale:
+            rr = rr * scale
         jit = torch.ones_like(rr)
         jit[..., :2] = 1 + a.rr_jitter * N(B, T, 2)
         jit[..., 2:3] = 1 + 0.5 * a.rr_jitter * N(B, T, 1)
@@ -383,7 +389,8 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10,
     return rr, y, sel
 
 
-def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean"):
+def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean",
+                    doubled: bool = False):
     """Second-degree AV block with 2:1 conduction in stretches, on whole N-only sequences; labels unchanged.
 
     The counterweight to :func:`synthetic_ectopy`, as :func:`synthetic_af` is to :func:`synthetic_s`:
@@ -393,11 +400,14 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, 
     rhythm. This rewrites the RR series of a sequence as stretches of 8-128 beats that alternate
     between 1:1 conduction at the patient's rate ``m`` and 2:1 conduction at ``2 m`` (the first
     stretch's kind drawn), every interval jittered by 3 %. Local and record means are recomputed as
-    in :func:`synthetic_ectopy`. Morphology is untouched (the blocked P waves are not drawn).
-    Returns the new RR tensor and the mask of sequences changed.
+    in :func:`synthetic_ectopy`. Morphology is untouched here; with windows longer than the interval
+    (a model's ``cut_next_s``), :func:`hide_next_beat` leaves the blocked P wave in them.
+    Returns the new RR tensor, the mask of sequences changed and, with ``doubled=True``, a
+    third value: the ``(B, T)`` mask of beats whose post-RR is a 2:1 interval.
     """
     B, T = y.shape
     sel = (y == 0).all(1) & (torch.rand(B, generator=g) < p)
+    two = torch.zeros(B, T, dtype=torch.bool)
     for b in sel.nonzero()[:, 0].tolist():
         m = float(rr[b, :, 0].median())
         factor = torch.ones(T + 1)
@@ -409,7 +419,8 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, 
             t, blocked = t + n, not blocked
         _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats,
                        record_stat)
-    return rr, sel
+        two[b] = factor[1:] > 1.5
+    return (rr, sel, two) if doubled else (rr, sel)
 
 
 def ventricular_ectopy(W, y, sel, g: torch.Generator, q: float, pool: torch.Tensor, s_class: int = 1,
@@ -505,6 +516,52 @@ def neighbour_overlap(W, pre_old, pre_new, fs_hz: float):
     return out
 
 
+#: ``hide_next_beat``: the next beat's P wave (and PR segment) starts this long before its R.
+P_ONSET_S = 0.30
+
+
+def hide_next_beat(W, post_old, post_new, r_index: int, fs_hz: float, cut_s: float, keep_p=None, no_p=None):
+    """Stored windows made to agree with a rewritten post-RR, for a model that cuts them at the next beat.
+
+    Such a model (``cut_next_s`` in its input contract) holds each window at its last value from
+    ``cut_s`` before the next R, at the post-RR it is given. The stored windows show the next beat
+    where the record had it (``post_old``), so once an augmentation has rewritten the intervals
+    (``post_new``) they would show it where the rhythm no longer puts it. Per beat, every sample from
+    the next beat's recorded cut on holds the value before it; where the interval grew by more
+    than the P segment (``post_new - P_ONSET_S`` past the recorded cut) the next beat's P segment
+    (``P_ONSET_S`` .. ``cut_s`` before its R) is moved to where the new interval puts it, and the
+    flat baseline fills the time between. ``keep_p`` (B, T): beats whose grown interval is a 2:1 AV
+    block interval, where the recorded P wave stays (a blocked P wave) and is also drawn again
+    before the next, conducted beat. ``no_p`` (B, T): beats of an AF rhythm, where the next P wave
+    is removed and none is drawn. Elsewhere the recorded next P wave is removed where a new one is
+    drawn and kept where it is not (an interval that grew by less, or shrank: the model's cut moves
+    before it).
+
+    W (B, T, L) windows with the beat's R at ``r_index``; post_old, post_new (B, T) seconds. Returns new
+    windows; draws nothing.
+    """
+    B, T, L = W.shape
+    zeros = torch.zeros(B, T, dtype=torch.bool)
+    keep_p = zeros if keep_p is None else keep_p
+    no_p = zeros if no_p is None else no_p
+    at = lambda post, before_r: r_index + torch.round((post - before_r) * fs_hz).long()  # noqa: E731
+    a_old, c_old = at(post_old, P_ONSET_S), at(post_old, cut_s)   # (B, T) recorded P onset, recorded cut
+    a_new = at(post_new, P_ONSET_S)
+    n = c_old - a_old                                              # P segment length in samples
+    move = (a_new >= c_old) & ~no_p & (a_old > r_index)            # room for the P segment at the new interval
+    # first held sample: the recorded cut, or the recorded P onset where that P wave goes (never within
+    # 0.2 s of the beat's own R: its T wave stays, and never past the recorded cut)
+    drop_p = torch.minimum(a_old.clamp(min=r_index + round(0.2 * fs_hz)), c_old)
+    held = torch.where(no_p | (move & ~keep_p), drop_p, c_old).clamp(r_index + 1, L)
+    a_new = torch.where(move, a_new, torch.full_like(a_new, L))    # no move: nothing drawn
+    j = torch.arange(L)
+    held, a_new, a_old, n, c_old = (v[..., None] for v in (held, a_new, a_old, n, c_old))
+    idx = torch.where(j < held, j, held - 1)                      # before the cut: as recorded; then hold
+    idx = torch.where((j >= a_new) & (j < a_new + n), j - a_new + a_old, idx)  # the moved P segment
+    idx = torch.where(j >= a_new + n, (c_old - 1).clamp(max=L - 1), idx)     # its PR segment, held
+    return torch.gather(W, 2, idx.clamp(0, L - 1))
+
+
 def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: torch.Generator,
                    v_pool: torch.Tensor | None = None):
     """One training batch: random crops of the training records, then every augmentation of ``tc.augment``.
@@ -517,6 +574,9 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     W, med, rr, y, lead2 = sample_batch(fit, names, tc.seq_len, tc.batch_size, g)
     rr, y = rr.clone(), y.clone()
     pre_recorded = rr[..., 0].clone()  # the record's own intervals, for neighbour_overlap
+    post_recorded = rr[..., 1].clone()  # and for hide_next_beat
+    cut_s = float(spec.get("cut_next_s", 0.0))
+    blocked = torch.zeros_like(y, dtype=torch.bool)  # beats ending a synthetic 2:1 interval
     local_beats = spec.get("local_rr_beats", 10)
     record_stat = spec.get("record_rr_stat", "mean")
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
@@ -544,8 +604,9 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
                                classes.index("S"))
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_block > 0:  # on N-only sequences no other RR rewrite took
-        rr[keep], blk = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats,
-                                        record_stat)
+        rr[keep], blk, two = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats,
+                                             record_stat, doubled=True)
+        blocked[keep] = two
         keep[keep.clone()] = ~blk  # a synthetic S beat inside 2:1 block could sit at the sinus rate
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
@@ -556,10 +617,18 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
         W = neighbour_overlap(W, pre_recorded, rr[..., 0], spec["fs_hz"])
         if lead2 is not None:
             lead2 = (neighbour_overlap(lead2[0], pre_recorded, rr[..., 0], spec["fs_hz"]), lead2[1])
+    if cut_s > 0:  # the model cuts each window at the next beat: stored windows follow the new intervals
+        hide = lambda X: hide_next_beat(X, post_recorded, rr[..., 1], margin + spec["before_samples"],  # noqa: E731
+                                        spec["fs_hz"], cut_s, blocked, rewritten[:, None].expand_as(blocked))
+        W = hide(W)
+        if lead2 is not None:
+            lead2 = (hide(lead2[0]), lead2[1])
     if lead2 is None:
-        W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"])
+        W, med, rr, shift = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"],
+                                    rate_scale=cut_s <= 0)
     else:
-        W, med, rr, shift, lead2 = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"], lead2)
+        W, med, rr, shift, lead2 = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"], lead2,
+                                           rate_scale=cut_s <= 0)
     return W, med, rr, y, shift, lead2
 
 

@@ -89,6 +89,11 @@ class TransNetConfig:
                                          # pauses and 2:1 AV block do not lengthen (the mean makes a steady 1:1
                                          # stretch between 2:1 stretches look premature); read by ecgkit from
                                          # input_spec when it builds the RR features
+    cut_next_s: float = 0.0              # > 0: each window stops this many seconds before the NEXT beat's R (its
+                                         # samples from there on hold the last value): a window longer than the
+                                         # interval shows the next P wave but never the next QRS, so with a wide
+                                         # ``after`` a beat ending a 2:1 AV block interval shows the blocked P wave
+                                         # with no QRS after it; the cut follows the post-RR the model is given
     shape_head: float = 0.0              # > 0: training-only auxiliary loss (this weight x BCE): a linear head on the
                                          # morphology token ALONE says "ventricular (V) or not (N, S)", so the tokenizer
                                          # must encode V by shape, not leave it to rhythm (F, Q beats not scored)
@@ -287,7 +292,22 @@ class ECGTransNet(nn.Module):
         logit, is_v = self._shape_logit[scored], (targets[scored] == v).float()
         return self.cfg.shape_head * F.binary_cross_entropy_with_logits(logit, is_v)
 
+    def cut_next(self, windows: Tensor, rr: Tensor) -> Tensor:
+        """``windows`` (B, T, C, S) held at their last value from ``cut_next_s`` before the next beat's R on.
+
+        The next R is ``rr[..., 1]`` (post-RR, seconds) after the beat's own, at window index ``before``.
+        A no-op when ``cut_next_s`` is 0 or the next beat lies beyond the window.
+        """
+        if self.cfg.cut_next_s <= 0:
+            return windows
+        S = windows.shape[-1]
+        cut = self.cfg.before + torch.round((rr[..., 1] - self.cfg.cut_next_s) * self.cfg.fs_hz)
+        cut = cut.clamp(self.cfg.before + 1, S).long()                       # (B, T) first held sample
+        idx = torch.minimum(torch.arange(S, device=windows.device), cut[..., None] - 1)  # (B, T, S)
+        return windows.gather(-1, idx[:, :, None, :].expand_as(windows))
+
     def forward(self, windows: Tensor, rr: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        windows = self.cut_next(windows, rr)
         B, T, C, S = windows.shape                                   # (B, T, C, S)
         tok = self.tokenizer(windows.reshape(B * T, C, S))           # (B*T, d)
         tok = tok.view(B, T, -1)                                     # (B, T, d)

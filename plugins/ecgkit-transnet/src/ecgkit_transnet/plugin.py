@@ -35,6 +35,9 @@ def transnet(**params):
     if cfg.record_rr_stat not in RECORD_RR_STATS:
         raise ConfigError(f"transnet: record_rr_stat must be one of {', '.join(RECORD_RR_STATS)}, "
                           f"got {cfg.record_rr_stat!r}")
+    if not 0 <= cfg.cut_next_s < cfg.after / cfg.fs_hz:
+        raise ConfigError(f"transnet: cut_next_s is seconds before the next R, >= 0 (0 = off) and shorter than the "
+                          f"window after R ({cfg.after / cfg.fs_hz:.3f} s), got {cfg.cut_next_s}")
     if not cfg.shape_head >= 0:
         raise ConfigError(f"transnet: shape_head is a loss weight (>= 0, 0 = off), got {cfg.shape_head}")
     if cfg.shape_head > 0 and not {"N", "S", "V"} <= set(cfg.classes):
@@ -52,6 +55,8 @@ def transnet(**params):
     }
     if cfg.record_rr_stat != "mean":  # the default stays unnamed: the shipped checkpoints' contract is unchanged
         model.input_spec["record_rr_stat"] = cfg.record_rr_stat
+    if cfg.cut_next_s > 0:  # training hides the next beat's QRS from its stored windows at the same point
+        model.input_spec["cut_next_s"] = float(cfg.cut_next_s)
     return model
 
 
