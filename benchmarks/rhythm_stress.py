@@ -69,6 +69,7 @@ from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
+from ecgkit.train import P_ONSET_S  # noqa: E402
 from ensemble_cv import compositions, held_out_models  # noqa: E402
 
 MIN_S = 30
@@ -250,8 +251,9 @@ def block_record(rec: Record, peaks, labels, n_beats: int, rng,
     return r, out_peaks, blocked
 
 
-#: The P segment :func:`draw_blocked_p` copies: from this long before a beat's R ...
-P_FROM_S = 0.30
+#: The P segment :func:`draw_blocked_p` copies: from this long before a beat's R (where training's
+#: ``hide_next_beat`` takes the next beat's P wave to start) ...
+P_FROM_S = P_ONSET_S
 #: ... to this long before it (the P wave, no QRS).
 P_TO_S = 0.10
 

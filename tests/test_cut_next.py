@@ -151,7 +151,8 @@ def test_training_batches_hide_the_next_beat_where_the_rhythm_moved_it(record_10
     W, _, rr, _, _, _ = training_batch(fit, ["100"], tc, spec, 4, torch.Generator().manual_seed(1))
     rec = sample_batch(fit, ["100"], 64, 8, torch.Generator().manual_seed(1))
     r = 4 + BEFORE
-    # no sequence-wide rate scale with a cut: post-RR stays within the 3 % beat jitter of the rewritten one
+    # with a cut, no sequence-wide rate scale: against the plain batch (same draws) post-RR differs by one
+    # factor per sequence, the scale the plain batch applied
     W_plain, _, rr_plain, _, _, _ = training_batch(fit, ["100"], tc, {k: v for k, v in spec.items()
                                                                        if k != "cut_next_s"}, 4,
                                                    torch.Generator().manual_seed(1))
@@ -169,8 +170,36 @@ def test_training_batches_hide_the_next_beat_where_the_rhythm_moved_it(record_10
     assert inside.float().mean() > 0.5 and (doubled & inside).any() and (~doubled & inside).any()
     assert flat.all()                                                 # (their conducted P lies past the window)
     before_cut = torch.arange(W.shape[-1]) < c_old[..., None]
-    assert torch.equal(W[before_cut], rec[0][before_cut])            # up to the recorded cut, as recorded:
-                                                                      # in a 2:1 interval, the blocked P wave
+    assert torch.equal(W[before_cut], rec[0][before_cut])            # up to it, as recorded (in a 2:1
+                                                                      # interval: the blocked P wave stays)
+
+
+def test_training_batches_remove_the_next_p_wave_in_synthetic_af(record_100, tmp_path):
+    import yaml
+
+    from ecgkit.config import load_config
+    from ecgkit.train import sample_batch, training_batch
+
+    prep, y, model = record_100
+    fit = {"100": {**prep, "y": y}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": {"seq_len": 64, "batch_size": 8, "augment": {
+        "amplitude": 1.0, "amplitude_beat": 0, "baseline": 0, "gaussian": 0, "emg": 0, "stretch": 0,
+        "rr_jitter": 0, "synthetic_af": 1.0, "af_fibrillatory_p": False}}}))
+    W, _, rr, _, _, _ = training_batch(fit, ["100"], load_config(p).train, model.input_spec, 4,
+                                       torch.Generator().manual_seed(1))
+    rec = sample_batch(fit, ["100"], 64, 8, torch.Generator().manual_seed(1))
+    af = (rr[..., 1] != rec[2][..., 1]).any(-1)                       # the sequences put into AF
+    assert af.any()
+    r = 4 + BEFORE
+    a_old = r + torch.round((rec[2][..., 1] - P_ONSET_S) * FS).long()
+    c_old = r + torch.round((rec[2][..., 1] - CUT) * FS).long()
+    start = torch.minimum(a_old.clamp(min=r + round(0.2 * FS)), c_old).clamp(max=W.shape[-1])[af]
+    j = torch.arange(W.shape[-1])
+    Wa = W[af]
+    held = Wa.gather(2, (start - 1)[..., None])
+    assert ((Wa == held) | (j < start[..., None])).all()             # from the recorded P onset on: flat
+    assert torch.equal(Wa[j < start[..., None]], rec[0][af][j < start[..., None]])
 
 
 def test_the_block_check_draws_each_blocked_p_wave_half_way(data_dir):
