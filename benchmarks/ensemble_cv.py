@@ -142,8 +142,12 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
     return m.eval()
 
 
-def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False):
+def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
+                       record_rr_stat: str | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
+
+    ``record_rr_stat``: build every model's RR features with this record reference instead of
+    the one in its input contract (an inference-time probe; the weights are unchanged).
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
@@ -162,7 +166,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         idx = match_to_reference(ref_samples, peaks, np.arange(peaks.size), int(round(0.15 * r.fs)))[0]
         for i, m in enumerate(maps):
             if m[rec] not in cache:
-                cache[m[rec]] = load_any_model(m[rec])
+                cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat)
             model, spec, _ = cache[m[rec]]
             prep = prepare_record(r, peaks, spec)
             lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
@@ -173,6 +177,18 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         rs.append(np.full(labels.size, rec))
         fs.append(np.full(labels.size, Path(maps[0][rec]).parent.name))
     return np.concatenate(ys), np.concatenate(rs), np.concatenate(fs), [np.concatenate(e) for e in each]
+
+
+def with_record_rr_stat(loaded: tuple, stat: str | None) -> tuple:
+    """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat`` (None: as is)."""
+    if stat is None:
+        return loaded
+    from ecgkit.segment import RECORD_RR_STATS
+
+    if stat not in RECORD_RR_STATS:
+        raise SystemExit(f"Error: --record-rr-stat must be one of {', '.join(RECORD_RR_STATS)}, got {stat!r}")
+    model, spec, meta = loaded
+    return model, {**spec, "record_rr_stat": stat}, meta
 
 
 def decide(log_probs: np.ndarray) -> np.ndarray:
@@ -194,10 +210,13 @@ def main(argv=None) -> None:
                     help="score every ensemble drawing K runs of each recipe (run directory name without _sN); "
                          "repeatable, one table each")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
+    ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
+                    help="score every model with this record RR reference (mean, median, atrial) instead of its "
+                         "own: an inference-time probe, weights unchanged")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
 
-    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn)
+    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

@@ -70,7 +70,7 @@ from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
 from ecgkit.train import P_ONSET_S  # noqa: E402
-from ensemble_cv import compositions, held_out_models  # noqa: E402
+from ensemble_cv import compositions, held_out_models, with_record_rr_stat  # noqa: E402
 
 MIN_S = 30
 
@@ -313,6 +313,9 @@ def main(argv=None) -> None:
     ap.add_argument("--blocked-p", action="store_true",
                     help="with --block: draw the blocked P waves, a copy of each conducted beat's own P wave half "
                          "way through its 2:1 interval (models whose window reaches it can see the block)")
+    ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
+                    help="score every model with this record RR reference (mean, median, atrial) instead of its "
+                         "own: an inference-time probe, weights unchanged")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     args = ap.parse_args(argv)
@@ -340,7 +343,7 @@ def main(argv=None) -> None:
         lps = []
         for m in maps:
             if m[rec_name] not in models:
-                models[m[rec_name]] = load_any_model(m[rec_name])
+                models[m[rec_name]] = with_record_rr_stat(load_any_model(m[rec_name]), args.record_rr_stat)
             model, spec, _ = models[m[rec_name]]
             lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
         return np.mean(lps, 0).argmax(1), lps

@@ -12,7 +12,7 @@ import torch
 
 from .io import Record
 from .preprocess import bandpass, resample, run_chain, zscore
-from .segment import beat_windows, rr_features
+from .segment import beat_windows, blocked_p_waves, rr_features
 
 
 #: Input channels built from the record's chosen lead, and from its second lead (see :func:`second_lead`).
@@ -80,7 +80,9 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         W = beat_windows(sig, pos, b, a)  # (n, b + a), zero-padded at the record's edges
         out["W" + suffix] = W.astype(np.float32)
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
-    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), spec.get("record_rr_stat", "mean"))
+    stat = spec.get("record_rr_stat", "mean")
+    blocked = blocked_p_waves(x, pos, fs) if stat == "atrial" else None  # on the model's own lead
+    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked)
     return out
 
 

@@ -91,10 +91,87 @@ RR_FEATURES = ("pre_rr", "post_rr", "local_mean_rr", "record_mean_rr")
 
 
 #: How the record-level RR reference (column 3) is taken from the record's pre-RR intervals.
-RECORD_RR_STATS = ("mean", "median")
+#: ``"atrial"``: the mean sinus cycle, each interval divided by the P waves in it (see :func:`blocked_p_waves`).
+RECORD_RR_STATS = ("mean", "median", "atrial")
+
+#: The P segment of a beat, seconds before its R: from ``P_SEGMENT_S[0]`` to ``P_SEGMENT_S[1]``
+#: (the P wave and the PR segment).
+P_SEGMENT_S = (0.32, 0.07)
 
 
-def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat: str = "mean") -> np.ndarray:
+def _detrend(S: np.ndarray) -> np.ndarray:
+    """Remove each row's mean and least-squares slope (..., L)."""
+    n = S.shape[-1]
+    t = np.arange(n) - (n - 1) / 2
+    S = S - S.mean(-1, keepdims=True)
+    return S - (S * t).sum(-1, keepdims=True) / (t * t).sum() * t
+
+
+def _unit(S: np.ndarray) -> np.ndarray:
+    return S / np.maximum(np.linalg.norm(S, axis=-1, keepdims=True), 1e-9)
+
+
+def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float = 0.8,
+                    min_quality: float = 0.5) -> np.ndarray:
+    """Non-conducted P waves in the interval before each beat: ``(n_beats,)`` int, 0 for the first beat.
+
+    A sinus P wave that no QRS follows (second-degree AV block; in 2:1 block every other one) has
+    the shape of the conducted ones, so the record is its own template: the median of its beats'
+    P segments (:data:`P_SEGMENT_S` before each R), mean and slope removed. Where the beats'
+    P segments do not agree with it (median correlation under ``min_quality``: atrial
+    fibrillation, noise, no visible P wave) nothing is counted. Otherwise each interval is
+    searched from 0.40 s after the earlier R (past its T wave) to 0.62 s before the later one
+    (one P segment plus 0.30 s before the conducted P wave) for stretches that correlate with the
+    template at ``min_corr`` or more, at 0.5-2 times its amplitude, at least 0.30 s apart. The
+    ``k`` found count only if they sit where a regular atrial rhythm puts them, at
+    ``j / (k + 1)`` of the interval (within a fifth of that spacing): blocked P waves march
+    through at the sinus rate, a T, U or noise wave does not.
+
+    ``x``: one lead at ``fs`` (band-passed); ``pos``: R positions in samples of ``x``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    pos = np.asarray(pos, dtype=np.int64)
+    n = np.zeros(pos.size, dtype=np.int64)
+    a0, a1 = round(P_SEGMENT_S[0] * fs), round(P_SEGMENT_S[1] * fs)
+    width = a0 - a1
+    inside = pos[(pos - a0 >= 0) & (pos - a1 <= x.size)]
+    if inside.size < 2:
+        return n
+    P = _detrend(np.stack([x[p - a0:p - a1] for p in inside]))
+    template = _detrend(np.median(P, axis=0)[None])[0]
+    if not np.any(template):
+        return n
+    unit = template / np.linalg.norm(template)
+    if np.median(_unit(P) @ unit) < min_quality:
+        return n
+    t_std = template.std()
+    lo, hi, sep = round(0.40 * fs), round(0.62 * fs), round(0.30 * fs)
+    for i in range(1, pos.size):
+        a, b = int(pos[i - 1]), int(pos[i])
+        starts = np.arange(max(a + lo, 0), min(b - hi, x.size - width) + 1)
+        if starts.size == 0:
+            continue
+        S = _detrend(x[starts[:, None] + np.arange(width)[None, :]])
+        c = _unit(S) @ unit
+        amp = S.std(-1) / t_std
+        ok = (c >= min_corr) & (amp >= 0.5) & (amp <= 2.0)
+        peak = ok & (c >= np.r_[-np.inf, c[:-1]]) & (c >= np.r_[c[1:], -np.inf])
+        found: list[int] = []
+        for j in sorted(np.flatnonzero(peak), key=lambda j: -c[j]):
+            if all(abs(j - k) >= sep for k in found):
+                found.append(int(j))
+        if not found:
+            continue
+        k = len(found)
+        spacing = (b - a) / (k + 1)
+        r_equiv = np.sort(starts[found] + a0)  # where the blocked P wave's own R would have been
+        if np.all(np.abs(r_equiv - (a + spacing * np.arange(1, k + 1))) <= 0.2 * spacing):
+            n[i] = k
+    return n
+
+
+def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat: str = "mean",
+                blocked_p: np.ndarray | None = None) -> np.ndarray:
     """RR features in seconds, ``(n_beats, 4)``: pre-RR, post-RR, local mean RR, record mean RR.
 
     * pre-RR: time from the previous beat (the first beat takes its post-RR);
@@ -104,12 +181,18 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
       beat is compared with the rhythm that led up to it;
     * record mean RR: mean of all pre-RR intervals of the record; with ``record_stat="median"``
       their median (the usual interval: long pauses, 2:1 AV block or a minority of ectopic runs
-      do not move it).
+      do not move it); with ``record_stat="atrial"`` the mean sinus cycle: each interval divided by
+      its P waves, ``1 + blocked_p`` (:func:`blocked_p_waves`), so the long intervals of 2:1 AV
+      block count as the two sinus cycles they are and a steady 1:1 stretch between them is not
+      premature; where no P wave is blocked it equals the mean.
 
     A record with a single beat gets 1 s everywhere (no rhythm information).
     """
     if record_stat not in RECORD_RR_STATS:
         raise ValueError(f"record_stat must be one of {RECORD_RR_STATS}, got {record_stat!r}")
+    if record_stat == "atrial" and (blocked_p is None or len(blocked_p) != len(peaks)):
+        raise ValueError("record_stat 'atrial' needs blocked_p, the blocked P waves before each beat "
+                         "(ecgkit.segment.blocked_p_waves)")
     peaks = np.asarray(peaks, dtype=np.float64)
     n = peaks.size
     if n == 0:
@@ -123,7 +206,12 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
     hi = np.arange(1, n + 1)
     lo = np.maximum(hi - local_beats, 0)
     local = (c[hi] - c[lo]) / (hi - lo)
-    rec = np.full(n, np.median(pre) if record_stat == "median" else pre.mean())
+    if record_stat == "median":
+        rec = np.full(n, np.median(pre))
+    elif record_stat == "atrial":
+        rec = np.full(n, (pre / (1 + np.asarray(blocked_p, dtype=np.float64))).mean())
+    else:
+        rec = np.full(n, pre.mean())
     return np.stack([pre, post, local, rec], axis=1).astype(np.float32)
 
 

@@ -230,8 +230,10 @@ def synthetic_af(rr, y, g: torch.Generator, p: float, local_beats: int = 10, rat
 
 
 def _p_bounds(r_index: int, fs: float) -> tuple[int, int]:
-    """Window indices of the P segment, R - 320 ms .. R - 70 ms (P wave and PR segment)."""
-    return max(0, r_index - round(0.32 * fs)), max(1, r_index - round(0.07 * fs))
+    """Window indices of the P segment, :data:`ecgkit.segment.P_SEGMENT_S` before R (R - 320 ms .. R - 70 ms)."""
+    from .segment import P_SEGMENT_S
+
+    return max(0, r_index - round(P_SEGMENT_S[0] * fs)), max(1, r_index - round(P_SEGMENT_S[1] * fs))
 
 
 def _p_ramp(a: int, b: int, dtype):
@@ -341,16 +343,20 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
     return rr, y
 
 
-def _set_intervals(rr, b: int, iv, local_beats: int, record_stat: str = "mean") -> None:
+def _set_intervals(rr, b: int, iv, local_beats: int, record_stat: str = "mean", p_waves=None) -> None:
     """Rewrite sequence ``b`` of ``rr`` from ``iv``, its ``T + 1`` intervals (the one before each beat, then the
     one after the last): pre- and post-RR, the local mean recomputed, the record reference scaled by the new
-    rate (its mean, or with ``record_stat="median"`` its median, as the model's ``record_rr_stat`` reads it)."""
+    rate (its mean, or with ``record_stat="median"`` its median, as the model's ``record_rr_stat`` reads it;
+    with ``"atrial"`` the mean of the new intervals each divided by its P waves, ``p_waves`` (``T + 1``,
+    default 1: conducted), against the recorded intervals' mean, DS1's having a blocked P wave in about
+    one interval in 3,000)."""
     stat = torch.median if record_stat == "median" else torch.mean
     old = stat(rr[b, :, 0])
     pre, post = iv[:-1], iv[1:]
     rr[b, :, 0], rr[b, :, 1] = pre, post
     rr[b, :, 2] = _local_mean(pre, local_beats)
-    rr[b, :, 3] = rr[b, :, 3] * stat(pre) / old
+    new = stat(pre / p_waves[:-1]) if record_stat == "atrial" and p_waves is not None else stat(pre)
+    rr[b, :, 3] = rr[b, :, 3] * new / old
 
 
 def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean"):
@@ -418,7 +424,7 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, 
                 factor[t:t + n] = 2.0
             t, blocked = t + n, not blocked
         _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats,
-                       record_stat)
+                       record_stat, p_waves=factor)
         two[b] = factor[1:] > 1.5
     return (rr, sel, two) if doubled else (rr, sel)
 
