@@ -64,7 +64,7 @@ def register_encoders():
     ``"beat_minus_record_median"``, the channels ecgkit builds) and ``classes``, and
     optionally ``seq_len`` (beats per sequence at inference, default 64),
     ``local_rr_beats`` (default 10), ``bandpass_hz`` (default ``[0.5, 35]``) and
-    ``record_rr_stat`` (``"mean"``, the default, or ``"median"``: how the record-level RR
+    ``record_rr_stat`` (``"mean"``, the default, ``"median"`` or ``"atrial"``: how the record-level RR
     column is taken from the record's intervals) and ``cut_next_s`` (the encoder ignores
     each window from this many seconds before the next beat's R on; training then makes
     the stored windows agree with the intervals its augmentations rewrite).

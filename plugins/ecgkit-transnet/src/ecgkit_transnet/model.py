@@ -87,7 +87,9 @@ class TransNetConfig:
     record_rr_stat: str = "mean"         # the record-level RR reference the three record ratios divide by: the mean
                                          # of the record's intervals, or "median", the usual interval, which long
                                          # pauses and 2:1 AV block do not lengthen (the mean makes a steady 1:1
-                                         # stretch between 2:1 stretches look premature); read by ecgkit from
+                                         # stretch between 2:1 stretches look premature), or "atrial", the mean
+                                         # sinus cycle (each interval divided by its P waves, blocked ones
+                                         # counted by ecgkit.segment.blocked_p_waves); read by ecgkit from
                                          # input_spec when it builds the RR features
     cut_next_s: float = 0.0              # > 0: each window stops this many seconds before the NEXT beat's R (its
                                          # samples from there on hold the last value): a window longer than the

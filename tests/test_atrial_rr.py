@@ -1,0 +1,143 @@
+"""The record RR reference counted in sinus cycles (``record_rr_stat: atrial``) and its blocked-P detector.
+
+In 2:1 AV block every long interval holds two sinus cycles, one P wave conducted and one
+blocked. ``ecgkit.segment.blocked_p_waves`` finds the blocked ones with the record's own P
+wave as the template; ``rr_features(..., record_stat="atrial")`` divides each interval by its
+P waves before taking the record mean. Built on real records of the local MIT-BIH copy and
+on the DS1 block check's rebuilt rhythm (``benchmarks/rhythm_stress.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ecgkit.registry import create
+from ecgkit.segment import blocked_p_waves, rr_features
+
+FS = 180.0
+
+
+def test_atrial_reference_divides_each_interval_by_its_p_waves():
+    peaks = np.array([0, 100, 200, 400, 500, 700])                  # intervals 1, 1, 2, 1, 2 s at 100 Hz
+    blocked = np.array([0, 0, 0, 1, 0, 1])                           # the two long ones hold a blocked P wave
+    atrial = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=blocked)
+    mean = rr_features(peaks, 100.0)
+    pre = np.array([1, 1, 1, 2, 1, 2], float)                        # the first beat takes its post-RR
+    assert atrial[0, 3] == pytest.approx(np.mean(pre / (1 + blocked))) == pytest.approx(1.0)
+    assert mean[0, 3] == pytest.approx(pre.mean())
+    np.testing.assert_array_equal(atrial[:, :3], mean[:, :3])       # only the record column changes
+    none = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=np.zeros(6, int))
+    np.testing.assert_array_equal(none, mean)                        # no blocked P wave: the mean itself
+    with pytest.raises(ValueError, match="blocked_p"):
+        rr_features(peaks, 100.0, record_stat="atrial")
+    with pytest.raises(ValueError, match="blocked_p"):
+        rr_features(peaks, 100.0, record_stat="atrial", blocked_p=np.zeros(5, int))
+
+
+def _lead(rec, peaks):
+    from ecgkit.inference import model_signal
+
+    return model_signal(rec, {"fs_hz": FS}), np.round(np.asarray(peaks) * FS / rec.fs).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def block_115(data_dir):
+    """DS1's 115 rebuilt by the block check, with and without the blocked P waves drawn."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rhythm_stress as rs
+
+    from ecgkit.io import read_annotations, read_record
+
+    path = str(data_dir / "115")
+    peaks, cls = rs.reference_beats(*read_annotations(path, "atr"))
+    labels = np.array(rs.AAMI_CLASSES)[cls]
+    rec = read_record(path)
+    x = rs.source_signal(rec)
+    out = {}
+    for drawn in (False, True):
+        r, pk, blocked = rs.block_record(rec, peaks, labels, 600, np.random.default_rng(1), x, blocked_p=drawn)
+        out[drawn] = (r, pk, blocked)
+    return rec, peaks, out
+
+
+def test_sinus_rhythm_has_no_blocked_p_waves(data_dir, block_115):
+    rec, peaks, _ = block_115
+    n = blocked_p_waves(*_lead(rec, peaks), FS)
+    assert n.shape == peaks.shape and n[0] == 0
+    assert (n > 0).sum() <= 2                                        # 115 as recorded: sinus rhythm (0 found here)
+
+
+def test_the_drawn_blocked_p_waves_of_the_block_check_are_found(block_115):
+    _, _, out = block_115
+    r, pk, blocked = out[True]
+    n = blocked_p_waves(*_lead(r, pk), FS)
+    assert blocked[1:].sum() > 100
+    assert np.mean(n[blocked] == 1) >= 0.9                           # found, one per 2:1 interval
+    assert np.mean(n[~blocked] > 0) <= 0.01                          # and hardly ever in a 1:1 one
+    r0, pk0, blocked0 = out[False]
+    n0 = blocked_p_waves(*_lead(r0, pk0), FS)
+    assert np.array_equal(pk0, pk) and np.mean(n0 > 0) <= 0.01      # not drawn: nothing to find
+
+
+def test_fibrillation_counts_nothing(data_dir):
+    from ecgkit.io import read_annotations, read_record
+    from ecgkit.segment import reference_beats
+
+    rec = read_record(str(data_dir / "203"))                          # atrial fibrillation and flutter
+    peaks, _ = reference_beats(*read_annotations(rec.path, "atr"))
+    x, pos = _lead(rec, peaks)
+    assert not blocked_p_waves(x, pos, FS).any()
+    assert not blocked_p_waves(np.zeros_like(x), pos, FS).any()      # a flat lead: no template, nothing counted
+    assert not blocked_p_waves(x, pos[:1], FS).any()                  # one beat: no interval
+
+
+def test_the_model_contract_carries_the_atrial_reference_into_its_rr_features(block_115):
+    from ecgkit.inference import prepare_record
+
+    model = create("encoders", "transnet", record_rr_stat="atrial")
+    assert model.input_spec["record_rr_stat"] == "atrial"
+    assert "record_rr_stat" not in create("encoders", "transnet").input_spec
+    r, pk, blocked = block_115[2][True]
+    atrial = prepare_record(r, pk, model.input_spec)["rr"]
+    mean = prepare_record(r, pk, create("encoders", "transnet").input_spec)["rr"]
+    one_to_one = np.median(atrial[~blocked, 0])
+    assert mean[0, 3] > 1.2 * one_to_one                              # the 2:1 stretches lengthen the mean
+    assert atrial[0, 3] == pytest.approx(one_to_one, rel=0.05)        # the sinus cycle is the 1:1 interval
+    np.testing.assert_array_equal(atrial[:, :3], mean[:, :3])
+
+
+def test_synthetic_block_rescales_the_atrial_reference_by_sinus_cycles(data_dir):
+    from ecgkit.train import synthetic_block
+
+    rng = np.random.default_rng(0)
+    pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
+    peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
+    rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
+    y = torch.zeros(4, 128, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    mean, sel, two = synthetic_block(rr.clone(), y, g(), 1.0, doubled=True)
+    atrial, _, two2 = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True)
+    assert sel.all() and torch.equal(two, two2) and torch.equal(mean[..., :3], atrial[..., :3])
+    scale = rr[:, 0, 3] / rr[:, :, 0].mean(1)                          # the recorded reference per unit rate
+    m = rr[:, :, 0].median(1).values
+    assert torch.allclose(atrial[:, 0, 3], scale * m, rtol=0.02)       # the reference is the sinus cycle
+    assert (mean[:, 0, 3] > 1.15 * atrial[:, 0, 3]).all()              # the mean takes the doubled intervals
+
+
+def test_the_benchmarks_probe_swaps_only_the_reference():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ensemble_cv import with_record_rr_stat
+
+    model = create("encoders", "transnet")
+    loaded = (model, model.input_spec, {})
+    m, spec, meta = with_record_rr_stat(loaded, "atrial")
+    assert m is model and spec == {**model.input_spec, "record_rr_stat": "atrial"}
+    assert "record_rr_stat" not in model.input_spec                    # the model's own contract untouched
+    assert with_record_rr_stat(loaded, None) is loaded
+    with pytest.raises(SystemExit, match="record-rr-stat"):
+        with_record_rr_stat(loaded, "mode")
