@@ -141,3 +141,21 @@ def test_the_benchmarks_probe_swaps_only_the_reference():
     assert with_record_rr_stat(loaded, None) is loaded
     with pytest.raises(SystemExit, match="record-rr-stat"):
         with_record_rr_stat(loaded, "mode")
+
+
+def test_a_checkpoint_naming_an_unknown_record_reference_is_a_one_line_error(data_dir, tmp_path):
+    """A third-party contract with a record_rr_stat ecgkit cannot build fails at load, not per record."""
+    from click.testing import CliRunner
+
+    from ecgkit.checkpoint import save_checkpoint
+    from ecgkit.cli import cli
+
+    model = create("encoders", "transnet", d_model=16, n_layers=1, n_heads=2)
+    model.input_spec = {**model.input_spec, "record_rr_stat": "mode"}
+    ck = save_checkpoint(tmp_path / "odd.pt", model, encoder="transnet",
+                         params={"d_model": 16, "n_layers": 1, "n_heads": 2})
+    out = tmp_path / "ann"
+    res = CliRunner().invoke(cli, ["annotate", str(data_dir / "100"), "--model", str(ck), "--out", str(out)])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "unknown record_rr_stat 'mode'" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())                 # no partial output

@@ -21,13 +21,19 @@ LEAD2_CHANNELS = ("lead2", "lead2_minus_record_median")
 
 
 def check_channels(spec: dict) -> None:
-    """Refuse an input contract naming a channel ecgkit cannot build (a one-line ConfigError)."""
+    """Refuse an input contract naming a channel or a record RR reference ecgkit cannot build (a one-line
+    ConfigError), so a third-party encoder's contract fails where it is created or loaded, not per record."""
     from .errors import ConfigError
+    from .segment import RECORD_RR_STATS
 
     known = LEAD1_CHANNELS + LEAD2_CHANNELS
     bad = [c for c in spec.get("channels", ()) if c not in known]
     if bad:
         raise ConfigError(f"unknown input channel {bad[0]!r}; ecgkit builds: {', '.join(known)}")
+    stat = spec.get("record_rr_stat", "mean")
+    if stat not in RECORD_RR_STATS:
+        raise ConfigError(f"unknown record_rr_stat {stat!r} in the model's input contract; ecgkit builds: "
+                          f"{', '.join(RECORD_RR_STATS)}")
 
 
 def uses_second_lead(spec: dict) -> bool:

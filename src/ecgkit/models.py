@@ -38,5 +38,8 @@ def load_any_model(ref: str):
         return load_onnx_model(path)
     from .quantize import model_info
 
+    from .inference import check_channels
+
     model, ck = load_model(str(path))
+    check_channels(ck["input_spec"])
     return model, ck["input_spec"], model_info(ck, precision="fp32", runtime="torch")
