@@ -111,32 +111,82 @@ def _unit(S: np.ndarray) -> np.ndarray:
     return S / np.maximum(np.linalg.norm(S, axis=-1, keepdims=True), 1e-9)
 
 
+#: The two P-wave templates :func:`blocked_p_waves` takes from each record, seconds before R: the P
+#: segment (P wave and PR segment) and the P wave alone (shorter, so it still fits after a T wave).
+BLOCKED_P_TEMPLATES_S = ((0.32, 0.07), (0.25, 0.07))
+
+#: QTc (Bazett) that places the end of the T wave after R: ``QTC_S * sqrt(median interval)``.
+QTC_S = 0.42
+
+
 def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float = 0.8,
                     min_quality: float = 0.5) -> np.ndarray:
     """Non-conducted P waves in the interval before each beat: ``(n_beats,)`` int, 0 for the first beat.
 
     A sinus P wave that no QRS follows (second-degree AV block; in 2:1 block every other one) has
-    the shape of the conducted ones, so the record is its own template: the median of its beats'
-    P segments (:data:`P_SEGMENT_S` before each R), mean and slope removed. Where the beats'
-    P segments do not agree with it (median correlation under ``min_quality``: atrial
-    fibrillation, noise, no visible P wave) nothing is counted. Otherwise each interval is
-    searched from 0.40 s after the earlier R (past its T wave) to 0.62 s before the later one
-    (one P segment plus 0.30 s before the conducted P wave) for stretches that correlate with the
-    template at ``min_corr`` or more, at 0.5-2 times its amplitude, at least 0.30 s apart. The
-    ``k`` found count only if they sit where a regular atrial rhythm puts them, at
-    ``j / (k + 1)`` of the interval (within a fifth of that spacing): blocked P waves march
-    through at the sinus rate, a T, U or noise wave does not.
+    the shape of the conducted ones, so the record is its own template. Two are taken
+    (:data:`BLOCKED_P_TEMPLATES_S`): the median of the beats' P segments, and the median of their P
+    waves alone, each with its mean and slope removed. A template the beats' own P stretches do not
+    agree with (median correlation under ``min_quality``: atrial fibrillation, noise, no visible P
+    wave) counts nothing. Each interval is searched from the end of the earlier beat's T wave
+    (``QTC_S * sqrt(median interval)`` after its R, Bazett's QT at the record's rate) to 0.30 s
+    before the later beat's own P stretch. A stretch counts when it correlates with the template
+    at ``min_corr`` or more, at 0.5-2 times its amplitude. The ``k`` found at least 0.30 s apart
+    count only if they sit where a regular atrial rhythm puts them: at ``j / (k + 1)`` of the
+    interval, within a fifth of that spacing. Blocked P waves march through at the sinus rate; a
+    T, U or noise wave does not. An interval's count is the larger of the two templates' counts.
 
     ``x``: one lead at ``fs`` (band-passed); ``pos``: R positions in samples of ``x``.
     """
     x = np.asarray(x, dtype=np.float64)
     pos = np.asarray(pos, dtype=np.int64)
     n = np.zeros(pos.size, dtype=np.int64)
-    a0, a1 = round(P_SEGMENT_S[0] * fs), round(P_SEGMENT_S[1] * fs)
+    if pos.size < 2:
+        return n
+    lo = round(QTC_S * np.sqrt(np.median(np.diff(pos)) / fs) * fs)
+    for seg in BLOCKED_P_TEMPLATES_S:
+        n = np.maximum(n, _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality))
+    return n
+
+
+def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.ndarray:
+    n = np.zeros(pos.size, dtype=np.int64)
+    a0, a1 = round(seg[0] * fs), round(seg[1] * fs)
     width = a0 - a1
     inside = pos[(pos - a0 >= 0) & (pos - a1 <= x.size)]
     if inside.size < 2:
         return n
+    P = _detrend(np.stack([x[p - a0:p - a1] for p in inside]))
+    template = _detrend(np.median(P, axis=0)[None])[0]
+    if not np.any(template):
+        return n
+    unit = template / np.linalg.norm(template)
+    if np.median(_unit(P) @ unit) < min_quality:
+        return n
+    t_std = template.std()
+    hi, sep = a0 + round(0.30 * fs), round(0.30 * fs)
+    for i in range(1, pos.size):
+        a, b = int(pos[i - 1]), int(pos[i])
+        starts = np.arange(max(a + lo, 0), min(b - hi, x.size - width) + 1)
+        if starts.size == 0:
+            continue
+        S = _detrend(x[starts[:, None] + np.arange(width)[None, :]])
+        c = _unit(S) @ unit
+        amp = S.std(-1) / t_std
+        ok = (c >= min_corr) & (amp >= 0.5) & (amp <= 2.0)
+        peak = ok & (c >= np.r_[-np.inf, c[:-1]]) & (c >= np.r_[c[1:], -np.inf])
+        found: list[int] = []
+        for j in sorted(np.flatnonzero(peak), key=lambda j: -c[j]):
+            if all(abs(j - k) >= sep for k in found):
+                found.append(int(j))
+        if not found:
+            continue
+        k = len(found)
+        spacing = (b - a) / (k + 1)
+        r_equiv = np.sort(starts[found] + a0)  # where the blocked P wave's own R would have been
+        if np.all(np.abs(r_equiv - (a + spacing * np.arange(1, k + 1))) <= 0.2 * spacing):
+            n[i] = k
+    return n
     P = _detrend(np.stack([x[p - a0:p - a1] for p in inside]))
     template = _detrend(np.median(P, axis=0)[None])[0]
     if not np.any(template):
