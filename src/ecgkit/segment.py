@@ -150,6 +150,7 @@ def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float =
 
 
 def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.ndarray:
+    """:func:`blocked_p_waves` with one template, ``seg`` seconds before R; the search starts ``lo`` samples after R."""
     n = np.zeros(pos.size, dtype=np.int64)
     a0, a1 = round(seg[0] * fs), round(seg[1] * fs)
     width = a0 - a1
@@ -165,37 +166,6 @@ def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.nd
         return n
     t_std = template.std()
     hi, sep = a0 + round(0.30 * fs), round(0.30 * fs)
-    for i in range(1, pos.size):
-        a, b = int(pos[i - 1]), int(pos[i])
-        starts = np.arange(max(a + lo, 0), min(b - hi, x.size - width) + 1)
-        if starts.size == 0:
-            continue
-        S = _detrend(x[starts[:, None] + np.arange(width)[None, :]])
-        c = _unit(S) @ unit
-        amp = S.std(-1) / t_std
-        ok = (c >= min_corr) & (amp >= 0.5) & (amp <= 2.0)
-        peak = ok & (c >= np.r_[-np.inf, c[:-1]]) & (c >= np.r_[c[1:], -np.inf])
-        found: list[int] = []
-        for j in sorted(np.flatnonzero(peak), key=lambda j: -c[j]):
-            if all(abs(j - k) >= sep for k in found):
-                found.append(int(j))
-        if not found:
-            continue
-        k = len(found)
-        spacing = (b - a) / (k + 1)
-        r_equiv = np.sort(starts[found] + a0)  # where the blocked P wave's own R would have been
-        if np.all(np.abs(r_equiv - (a + spacing * np.arange(1, k + 1))) <= 0.2 * spacing):
-            n[i] = k
-    return n
-    P = _detrend(np.stack([x[p - a0:p - a1] for p in inside]))
-    template = _detrend(np.median(P, axis=0)[None])[0]
-    if not np.any(template):
-        return n
-    unit = template / np.linalg.norm(template)
-    if np.median(_unit(P) @ unit) < min_quality:
-        return n
-    t_std = template.std()
-    lo, hi, sep = round(0.40 * fs), round(0.62 * fs), round(0.30 * fs)
     for i in range(1, pos.size):
         a, b = int(pos[i - 1]), int(pos[i])
         starts = np.arange(max(a + lo, 0), min(b - hi, x.size - width) + 1)
