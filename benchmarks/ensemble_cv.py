@@ -143,11 +143,12 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
 
 
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
-                       record_rr_stat: str | None = None):
+                       record_rr_stat: str | None = None, local_rr_stat: str | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
-    the one in its input contract (an inference-time probe; the weights are unchanged).
+    the one in its input contract (an inference-time probe; the weights are unchanged);
+    ``local_rr_stat`` likewise for the local mean.
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
@@ -166,7 +167,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         idx = match_to_reference(ref_samples, peaks, np.arange(peaks.size), int(round(0.15 * r.fs)))[0]
         for i, m in enumerate(maps):
             if m[rec] not in cache:
-                cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat)
+                cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat)
             model, spec, _ = cache[m[rec]]
             prep = prepare_record(r, peaks, spec)
             lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
@@ -179,16 +180,20 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
     return np.concatenate(ys), np.concatenate(rs), np.concatenate(fs), [np.concatenate(e) for e in each]
 
 
-def with_record_rr_stat(loaded: tuple, stat: str | None) -> tuple:
-    """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat`` (None: as is)."""
-    if stat is None:
+def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None) -> tuple:
+    """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat`` and
+    ``spec["local_rr_stat"]`` to ``local`` (None: as is)."""
+    if stat is None and local is None:
         return loaded
-    from ecgkit.segment import RECORD_RR_STATS
+    from ecgkit.segment import LOCAL_RR_STATS, RECORD_RR_STATS
 
-    if stat not in RECORD_RR_STATS:
+    if stat is not None and stat not in RECORD_RR_STATS:
         raise SystemExit(f"Error: --record-rr-stat must be one of {', '.join(RECORD_RR_STATS)}, got {stat!r}")
+    if local is not None and local not in LOCAL_RR_STATS:
+        raise SystemExit(f"Error: --local-rr-stat must be one of {', '.join(LOCAL_RR_STATS)}, got {local!r}")
     model, spec, meta = loaded
-    return model, {**spec, "record_rr_stat": stat}, meta
+    new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local)) if v is not None}
+    return model, {**spec, **new}, meta
 
 
 def decide(log_probs: np.ndarray) -> np.ndarray:
@@ -213,10 +218,13 @@ def main(argv=None) -> None:
     ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
                     help="score every model with this record RR reference (mean, median, atrial) instead of its "
                          "own: an inference-time probe, weights unchanged")
+    ap.add_argument("--local-rr-stat", default=None, metavar="STAT",
+                    help="likewise for the local RR mean (mean, atrial)")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
 
-    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat)
+    y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
+                                        args.local_rr_stat)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

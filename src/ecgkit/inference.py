@@ -24,7 +24,7 @@ def check_channels(spec: dict) -> None:
     """Refuse an input contract naming a channel or a record RR reference ecgkit cannot build (a one-line
     ConfigError), so a third-party encoder's contract fails where it is created or loaded, not per record."""
     from .errors import ConfigError
-    from .segment import RECORD_RR_STATS
+    from .segment import LOCAL_RR_STATS, RECORD_RR_STATS
 
     known = LEAD1_CHANNELS + LEAD2_CHANNELS
     bad = [c for c in spec.get("channels", ()) if c not in known]
@@ -34,6 +34,10 @@ def check_channels(spec: dict) -> None:
     if stat not in RECORD_RR_STATS:
         raise ConfigError(f"unknown record_rr_stat {stat!r} in the model's input contract; ecgkit builds: "
                           f"{', '.join(RECORD_RR_STATS)}")
+    local = spec.get("local_rr_stat", "mean")
+    if local not in LOCAL_RR_STATS:
+        raise ConfigError(f"unknown local_rr_stat {local!r} in the model's input contract; ecgkit builds: "
+                          f"{', '.join(LOCAL_RR_STATS)}")
 
 
 def uses_second_lead(spec: dict) -> bool:
@@ -86,9 +90,9 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         W = beat_windows(sig, pos, b, a)  # (n, b + a), zero-padded at the record's edges
         out["W" + suffix] = W.astype(np.float32)
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
-    stat = spec.get("record_rr_stat", "mean")
-    blocked = blocked_p_waves(x, pos, fs) if stat == "atrial" else None  # on the model's own lead
-    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked)
+    stat, local = spec.get("record_rr_stat", "mean"), spec.get("local_rr_stat", "mean")
+    blocked = blocked_p_waves(x, pos, fs) if "atrial" in (stat, local) else None  # on the model's own lead
+    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked, local)
     return out
 
 

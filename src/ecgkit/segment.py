@@ -94,6 +94,11 @@ RR_FEATURES = ("pre_rr", "post_rr", "local_mean_rr", "record_mean_rr")
 #: ``"atrial"``: the mean sinus cycle, each interval divided by the P waves in it (see :func:`blocked_p_waves`).
 RECORD_RR_STATS = ("mean", "median", "atrial")
 
+#: How the local RR reference (column 2) is taken from the ``local_beats`` most recent pre-RR intervals:
+#: ``"mean"``, their mean; ``"atrial"``, the mean of each divided by its P waves (see :func:`blocked_p_waves`),
+#: so after 2:1 AV block the first 1:1 beats are compared with the sinus cycle, not with the doubled intervals.
+LOCAL_RR_STATS = ("mean", "atrial")
+
 #: The P segment of a beat, seconds before its R: from ``P_SEGMENT_S[0]`` to ``P_SEGMENT_S[1]``
 #: (the P wave and the PR segment).
 P_SEGMENT_S = (0.32, 0.07)
@@ -191,7 +196,7 @@ def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.nd
 
 
 def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat: str = "mean",
-                blocked_p: np.ndarray | None = None) -> np.ndarray:
+                blocked_p: np.ndarray | None = None, local_stat: str = "mean") -> np.ndarray:
     """RR features in seconds, ``(n_beats, 4)``: pre-RR, post-RR, local mean RR, record mean RR.
 
     * pre-RR: time from the previous beat (the first beat takes its post-RR);
@@ -206,13 +211,20 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
       block count as the two sinus cycles they are and a steady 1:1 stretch between them is not
       premature; where no P wave is blocked it equals the mean.
 
+    ``local_stat="atrial"`` counts the local mean in sinus cycles the same way (each of the
+    ``local_beats`` intervals divided by ``1 + blocked_p``): when 1:1 conduction returns after
+    2:1 AV block, its first beats are then not premature against the doubled intervals before
+    them. Where no P wave is blocked it equals the plain local mean.
+
     A record with a single beat gets 1 s everywhere (no rhythm information).
     """
     if record_stat not in RECORD_RR_STATS:
         raise ValueError(f"record_stat must be one of {RECORD_RR_STATS}, got {record_stat!r}")
-    if record_stat == "atrial" and (blocked_p is None or len(blocked_p) != len(peaks)):
-        raise ValueError("record_stat 'atrial' needs blocked_p, the blocked P waves before each beat "
-                         "(ecgkit.segment.blocked_p_waves)")
+    if local_stat not in LOCAL_RR_STATS:
+        raise ValueError(f"local_stat must be one of {LOCAL_RR_STATS}, got {local_stat!r}")
+    if "atrial" in (record_stat, local_stat) and (blocked_p is None or len(blocked_p) != len(peaks)):
+        raise ValueError("record_stat or local_stat 'atrial' needs blocked_p, the blocked P waves before "
+                         "each beat (ecgkit.segment.blocked_p_waves)")
     peaks = np.asarray(peaks, dtype=np.float64)
     n = peaks.size
     if n == 0:
@@ -222,14 +234,15 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
     d = np.diff(peaks) / fs
     pre = np.concatenate([[d[0]], d])
     post = np.concatenate([d, [d[-1]]])
-    c = np.concatenate([[0.0], np.cumsum(pre)])
+    cycles = pre / (1 + np.asarray(blocked_p, dtype=np.float64)) if blocked_p is not None else pre
+    c = np.concatenate([[0.0], np.cumsum(cycles if local_stat == "atrial" else pre)])
     hi = np.arange(1, n + 1)
     lo = np.maximum(hi - local_beats, 0)
     local = (c[hi] - c[lo]) / (hi - lo)
     if record_stat == "median":
         rec = np.full(n, np.median(pre))
     elif record_stat == "atrial":
-        rec = np.full(n, (pre / (1 + np.asarray(blocked_p, dtype=np.float64))).mean())
+        rec = np.full(n, cycles.mean())
     else:
         rec = np.full(n, pre.mean())
     return np.stack([pre, post, local, rec], axis=1).astype(np.float32)

@@ -91,6 +91,11 @@ class TransNetConfig:
                                          # sinus cycle (each interval divided by its P waves, blocked ones
                                          # counted by ecgkit.segment.blocked_p_waves); read by ecgkit from
                                          # input_spec when it builds the RR features
+    local_rr_stat: str = "mean"          # the local mean RR the pre/post ratios divide by: the mean of the last
+                                         # local_rr_beats intervals, or "atrial", those intervals counted in sinus
+                                         # cycles (each divided by its P waves, as record_rr_stat "atrial"), so the
+                                         # first 1:1 beats after 2:1 AV block are not premature against the doubled
+                                         # intervals before them; read by ecgkit from input_spec
     cut_next_s: float = 0.0              # > 0: each window stops this many seconds before the NEXT beat's R (its
                                          # samples from there on hold the last value): a window longer than the
                                          # interval shows the next P wave but never the next QRS, so with a wide

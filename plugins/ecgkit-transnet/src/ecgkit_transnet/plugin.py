@@ -23,7 +23,7 @@ def transnet(**params):
     from dataclasses import fields
 
     from ecgkit.errors import ConfigError
-    from ecgkit.segment import RECORD_RR_STATS
+    from ecgkit.segment import LOCAL_RR_STATS, RECORD_RR_STATS
 
     from .model import ECGTransNet, TransNetConfig
 
@@ -35,6 +35,9 @@ def transnet(**params):
     if cfg.record_rr_stat not in RECORD_RR_STATS:
         raise ConfigError(f"transnet: record_rr_stat must be one of {', '.join(RECORD_RR_STATS)}, "
                           f"got {cfg.record_rr_stat!r}")
+    if cfg.local_rr_stat not in LOCAL_RR_STATS:
+        raise ConfigError(f"transnet: local_rr_stat must be one of {', '.join(LOCAL_RR_STATS)}, "
+                          f"got {cfg.local_rr_stat!r}")
     if not 0 <= cfg.cut_next_s < cfg.after / cfg.fs_hz:
         raise ConfigError(f"transnet: cut_next_s is seconds before the next R, >= 0 (0 = off) and shorter than the "
                           f"window after R ({cfg.after / cfg.fs_hz:.3f} s), got {cfg.cut_next_s}")
@@ -55,6 +58,8 @@ def transnet(**params):
     }
     if cfg.record_rr_stat != "mean":  # the default stays unnamed: the shipped checkpoints' contract is unchanged
         model.input_spec["record_rr_stat"] = cfg.record_rr_stat
+    if cfg.local_rr_stat != "mean":
+        model.input_spec["local_rr_stat"] = cfg.local_rr_stat
     if cfg.cut_next_s > 0:  # training hides the next beat's QRS from its stored windows at the same point
         model.input_spec["cut_next_s"] = float(cfg.cut_next_s)
     return model
