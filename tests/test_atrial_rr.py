@@ -159,3 +159,83 @@ def test_a_checkpoint_naming_an_unknown_record_reference_is_a_one_line_error(dat
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert "unknown record_rr_stat 'mode'" in res.output and len(res.output.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())                 # no partial output
+
+
+# --- the local mean counted in sinus cycles (local_rr_stat: atrial) ------------------------------
+
+def test_atrial_local_mean_divides_the_recent_intervals_by_their_p_waves():
+    peaks = np.cumsum([0, 100] + [200] * 12 + [100] * 4)  # 1 s, 12 x 2 s (2:1 block), 4 x 1 s (1:1); 100 Hz
+    blocked = np.r_[0, 0, np.ones(12, int), np.zeros(4, int)]
+    plain = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=blocked)
+    local = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=blocked, local_stat="atrial")
+    first = 14                                                        # the first beat after 1:1 conduction returns
+    assert plain[first, 2] == pytest.approx((9 * 2 + 1) / 10)          # plain: mostly doubled intervals
+    assert plain[first, 0] / plain[first, 2] < 0.6                     # so it looks premature
+    assert local[:, 2] == pytest.approx(np.ones(len(peaks)))           # in sinus cycles: one second throughout
+    np.testing.assert_array_equal(local[:, [0, 1, 3]], plain[:, [0, 1, 3]])  # only the local column changes
+    none = rr_features(peaks, 100.0, blocked_p=np.zeros(len(peaks), int), local_stat="atrial")
+    np.testing.assert_array_equal(none, rr_features(peaks, 100.0))     # nothing blocked: the plain local mean
+    with pytest.raises(ValueError, match="blocked_p"):
+        rr_features(peaks, 100.0, local_stat="atrial")
+    with pytest.raises(ValueError, match="local_stat"):
+        rr_features(peaks, 100.0, local_stat="median")
+
+
+def test_the_model_contract_carries_the_atrial_local_mean_on_the_block_check(block_115):
+    from ecgkit.inference import prepare_record
+
+    model = create("encoders", "transnet", record_rr_stat="atrial", local_rr_stat="atrial")
+    assert model.input_spec["local_rr_stat"] == "atrial"
+    assert "local_rr_stat" not in create("encoders", "transnet", record_rr_stat="atrial").input_spec
+    r, pk, blocked = block_115[2][True]
+    both = prepare_record(r, pk, model.input_spec)["rr"]
+    rec_only = prepare_record(r, pk, create("encoders", "transnet", record_rr_stat="atrial").input_spec)["rr"]
+    np.testing.assert_array_equal(both[:, [0, 1, 3]], rec_only[:, [0, 1, 3]])
+    one_to_one = np.median(both[~blocked, 0])
+    after = np.flatnonzero(~blocked[1:] & blocked[:-1]) + 1            # first 1:1 beats after a 2:1 stretch
+    assert after.size >= 3
+    assert np.median(rec_only[after, 0] / rec_only[after, 2]) < 0.7    # plain local mean: they look premature
+    assert np.median(both[after, 0] / both[after, 2]) == pytest.approx(1.0, abs=0.1)
+    assert np.median(both[:, 2]) == pytest.approx(one_to_one, rel=0.05)
+    with pytest.raises(Exception, match="local_rr_stat"):
+        create("encoders", "transnet", local_rr_stat="median")
+
+
+def test_synthetic_block_counts_the_local_mean_in_sinus_cycles_when_asked():
+    from ecgkit.train import synthetic_block
+
+    rng = np.random.default_rng(0)
+    pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
+    peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
+    rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
+    y = torch.zeros(4, 128, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    plain, _, two = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True)
+    local, _, two2 = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True,
+                                     local_stat="atrial")
+    assert torch.equal(two, two2) and torch.equal(plain[..., [0, 1, 3]], local[..., [0, 1, 3]])
+    m = rr[:, :, 0].median(1).values[:, None]
+    assert (local[..., 2] / m - 1).abs().max() < 0.1                   # about one sinus cycle everywhere
+    assert (plain[..., 2] / m).max() > 1.8                             # the plain mean doubles inside block
+
+
+def test_the_benchmarks_probe_can_swap_the_local_mean_alone():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ensemble_cv import with_record_rr_stat
+
+    model = create("encoders", "transnet", record_rr_stat="atrial")
+    loaded = (model, model.input_spec, {})
+    _, spec, _ = with_record_rr_stat(loaded, None, "atrial")
+    assert spec == {**model.input_spec, "local_rr_stat": "atrial"}
+    with pytest.raises(SystemExit, match="local-rr-stat"):
+        with_record_rr_stat(loaded, None, "median")
+
+
+def test_a_contract_naming_an_unknown_local_mean_is_refused():
+    from ecgkit.errors import ConfigError
+    from ecgkit.inference import check_channels
+
+    spec = create("encoders", "transnet").input_spec
+    check_channels({**spec, "local_rr_stat": "atrial"})
+    with pytest.raises(ConfigError, match="unknown local_rr_stat 'mode'"):
+        check_channels({**spec, "local_rr_stat": "mode"})
