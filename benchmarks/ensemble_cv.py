@@ -143,12 +143,13 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
 
 
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
-                       record_rr_stat: str | None = None, local_rr_stat: str | None = None):
+                       record_rr_stat: str | None = None, local_rr_stat: str | None = None,
+                       interval_rr_stat: str | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
     the one in its input contract (an inference-time probe; the weights are unchanged);
-    ``local_rr_stat`` likewise for the local mean.
+    ``local_rr_stat`` and ``interval_rr_stat`` likewise for the local mean and the pre- and post-RR.
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
@@ -167,7 +168,8 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         idx = match_to_reference(ref_samples, peaks, np.arange(peaks.size), int(round(0.15 * r.fs)))[0]
         for i, m in enumerate(maps):
             if m[rec] not in cache:
-                cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat)
+                cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat,
+                                                    interval_rr_stat)
             model, spec, _ = cache[m[rec]]
             prep = prepare_record(r, peaks, spec)
             lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
@@ -180,19 +182,23 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
     return np.concatenate(ys), np.concatenate(rs), np.concatenate(fs), [np.concatenate(e) for e in each]
 
 
-def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None) -> tuple:
-    """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat`` and
-    ``spec["local_rr_stat"]`` to ``local`` (None: as is)."""
-    if stat is None and local is None:
+def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None,
+                        interval: str | None = None) -> tuple:
+    """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat``,
+    ``spec["local_rr_stat"]`` to ``local`` and ``spec["interval_rr_stat"]`` to ``interval`` (None: as is)."""
+    if stat is None and local is None and interval is None:
         return loaded
-    from ecgkit.segment import LOCAL_RR_STATS, RECORD_RR_STATS
+    from ecgkit.segment import INTERVAL_RR_STATS, LOCAL_RR_STATS, RECORD_RR_STATS
 
     if stat is not None and stat not in RECORD_RR_STATS:
         raise SystemExit(f"Error: --record-rr-stat must be one of {', '.join(RECORD_RR_STATS)}, got {stat!r}")
     if local is not None and local not in LOCAL_RR_STATS:
         raise SystemExit(f"Error: --local-rr-stat must be one of {', '.join(LOCAL_RR_STATS)}, got {local!r}")
+    if interval is not None and interval not in INTERVAL_RR_STATS:
+        raise SystemExit(f"Error: --interval-rr-stat must be one of {', '.join(INTERVAL_RR_STATS)}, got {interval!r}")
     model, spec, meta = loaded
-    new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local)) if v is not None}
+    new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local), ("interval_rr_stat", interval))
+           if v is not None}
     return model, {**spec, **new}, meta
 
 
@@ -220,11 +226,13 @@ def main(argv=None) -> None:
                          "own: an inference-time probe, weights unchanged")
     ap.add_argument("--local-rr-stat", default=None, metavar="STAT",
                     help="likewise for the local RR mean (mean, atrial)")
+    ap.add_argument("--interval-rr-stat", default=None, metavar="STAT",
+                    help="likewise for the pre- and post-RR (raw, atrial)")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
 
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
-                                        args.local_rr_stat)
+                                        args.local_rr_stat, args.interval_rr_stat)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

@@ -318,6 +318,8 @@ def main(argv=None) -> None:
                          "own: an inference-time probe, weights unchanged")
     ap.add_argument("--local-rr-stat", default=None, metavar="STAT",
                     help="likewise for the local RR mean (mean, atrial)")
+    ap.add_argument("--interval-rr-stat", default=None, metavar="STAT",
+                    help="likewise for the pre- and post-RR (raw, atrial)")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     args = ap.parse_args(argv)
@@ -346,7 +348,7 @@ def main(argv=None) -> None:
         for m in maps:
             if m[rec_name] not in models:
                 models[m[rec_name]] = with_record_rr_stat(load_any_model(m[rec_name]), args.record_rr_stat,
-                                                                 args.local_rr_stat)
+                                                                 args.local_rr_stat, args.interval_rr_stat)
             model, spec, _ = models[m[rec_name]]
             lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
         return np.mean(lps, 0).argmax(1), lps

@@ -24,7 +24,7 @@ def check_channels(spec: dict) -> None:
     """Refuse an input contract naming a channel or a record RR reference ecgkit cannot build (a one-line
     ConfigError), so a third-party encoder's contract fails where it is created or loaded, not per record."""
     from .errors import ConfigError
-    from .segment import LOCAL_RR_STATS, RECORD_RR_STATS
+    from .segment import INTERVAL_RR_STATS, LOCAL_RR_STATS, RECORD_RR_STATS
 
     known = LEAD1_CHANNELS + LEAD2_CHANNELS
     bad = [c for c in spec.get("channels", ()) if c not in known]
@@ -38,6 +38,13 @@ def check_channels(spec: dict) -> None:
     if local not in LOCAL_RR_STATS:
         raise ConfigError(f"unknown local_rr_stat {local!r} in the model's input contract; ecgkit builds: "
                           f"{', '.join(LOCAL_RR_STATS)}")
+    iv = spec.get("interval_rr_stat", "raw")
+    if iv not in INTERVAL_RR_STATS:
+        raise ConfigError(f"unknown interval_rr_stat {iv!r} in the model's input contract; ecgkit builds: "
+                          f"{', '.join(INTERVAL_RR_STATS)}")
+    if iv != "raw" and spec.get("cut_next_s", 0):
+        raise ConfigError("interval_rr_stat 'atrial' gives post-RR in sinus cycles, so cut_next_s (seconds to "
+                          "the next R) cannot be read from it; use one or the other")
 
 
 def uses_second_lead(spec: dict) -> bool:
@@ -91,8 +98,9 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         out["W" + suffix] = W.astype(np.float32)
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
     stat, local = spec.get("record_rr_stat", "mean"), spec.get("local_rr_stat", "mean")
-    blocked = blocked_p_waves(x, pos, fs) if "atrial" in (stat, local) else None  # on the model's own lead
-    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked, local)
+    iv = spec.get("interval_rr_stat", "raw")
+    blocked = blocked_p_waves(x, pos, fs) if "atrial" in (stat, local, iv) else None  # on the model's own lead
+    out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked, local, iv)
     return out
 
 

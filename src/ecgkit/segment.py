@@ -99,6 +99,11 @@ RECORD_RR_STATS = ("mean", "median", "atrial")
 #: so after 2:1 AV block the first 1:1 beats are compared with the sinus cycle, not with the doubled intervals.
 LOCAL_RR_STATS = ("mean", "atrial")
 
+#: How the pre- and post-RR columns (0 and 1) are given: ``"raw"``, seconds as measured; ``"atrial"``, each
+#: interval divided by its P waves (see :func:`blocked_p_waves`), so a 2:1 interval of AV block reads as
+#: the one sinus cycle it is, not as a pause after an ectopic beat.
+INTERVAL_RR_STATS = ("raw", "atrial")
+
 #: The P segment of a beat, seconds before its R: from ``P_SEGMENT_S[0]`` to ``P_SEGMENT_S[1]``
 #: (the P wave and the PR segment).
 P_SEGMENT_S = (0.32, 0.07)
@@ -196,7 +201,8 @@ def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.nd
 
 
 def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat: str = "mean",
-                blocked_p: np.ndarray | None = None, local_stat: str = "mean") -> np.ndarray:
+                blocked_p: np.ndarray | None = None, local_stat: str = "mean",
+                interval_stat: str = "raw") -> np.ndarray:
     """RR features in seconds, ``(n_beats, 4)``: pre-RR, post-RR, local mean RR, record mean RR.
 
     * pre-RR: time from the previous beat (the first beat takes its post-RR);
@@ -216,14 +222,21 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
     2:1 AV block, its first beats are then not premature against the doubled intervals before
     them. Where no P wave is blocked it equals the plain local mean.
 
+    ``interval_stat="atrial"`` gives pre- and post-RR in sinus cycles too: each interval divided
+    by ``1 +`` the blocked P waves in it (the post-RR of a beat by those of the next beat's
+    interval). All four columns are then the atrial rhythm: a 2:1 interval is one cycle, so the beat
+    before it does not look like an ectopic beat before its pause.
+
     A record with a single beat gets 1 s everywhere (no rhythm information).
     """
     if record_stat not in RECORD_RR_STATS:
         raise ValueError(f"record_stat must be one of {RECORD_RR_STATS}, got {record_stat!r}")
     if local_stat not in LOCAL_RR_STATS:
         raise ValueError(f"local_stat must be one of {LOCAL_RR_STATS}, got {local_stat!r}")
-    if "atrial" in (record_stat, local_stat) and (blocked_p is None or len(blocked_p) != len(peaks)):
-        raise ValueError("record_stat or local_stat 'atrial' needs blocked_p, the blocked P waves before "
+    if interval_stat not in INTERVAL_RR_STATS:
+        raise ValueError(f"interval_stat must be one of {INTERVAL_RR_STATS}, got {interval_stat!r}")
+    if "atrial" in (record_stat, local_stat, interval_stat) and (blocked_p is None or len(blocked_p) != len(peaks)):
+        raise ValueError("record_stat, local_stat or interval_stat 'atrial' needs blocked_p, the blocked P waves before "
                          "each beat (ecgkit.segment.blocked_p_waves)")
     peaks = np.asarray(peaks, dtype=np.float64)
     n = peaks.size
@@ -245,6 +258,9 @@ def rr_features(peaks: np.ndarray, fs: float, local_beats: int = 10, record_stat
         rec = np.full(n, cycles.mean())
     else:
         rec = np.full(n, pre.mean())
+    if interval_stat == "atrial":
+        dc = d / (1 + np.asarray(blocked_p, dtype=np.float64)[1:])  # interval j ends at beat j + 1
+        pre, post = np.concatenate([[dc[0]], dc]), np.concatenate([dc, [dc[-1]]])
     return np.stack([pre, post, local, rec], axis=1).astype(np.float32)
 
 

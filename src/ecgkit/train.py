@@ -344,21 +344,24 @@ def synthetic_s(rr, y, g: torch.Generator, p: float):
 
 
 def _set_intervals(rr, b: int, iv, local_beats: int, record_stat: str = "mean", p_waves=None,
-                   local_stat: str = "mean") -> None:
+                   local_stat: str = "mean", interval_stat: str = "raw") -> None:
     """Rewrite sequence ``b`` of ``rr`` from ``iv``, its ``T + 1`` intervals (the one before each beat, then the
     one after the last): pre- and post-RR, the local mean recomputed, the record reference scaled by the new
     rate (its mean, or with ``record_stat="median"`` its median, as the model's ``record_rr_stat`` reads it;
     with ``"atrial"`` the mean of the new intervals each divided by its P waves, ``p_waves`` (``T + 1``,
     default 1: conducted), against the recorded intervals' mean, DS1's having a blocked P wave in about
     one interval in 3,000). With ``local_stat="atrial"`` the local mean is taken over the intervals each
-    divided by its P waves, as the model's ``local_rr_stat`` reads it."""
+    divided by its P waves, as the model's ``local_rr_stat`` reads it; with ``interval_stat="atrial"`` pre- and
+    post-RR are those divided intervals too (``interval_rr_stat``)."""
     stat = torch.median if record_stat == "median" else torch.mean
     old = stat(rr[b, :, 0])
-    pre, post = iv[:-1], iv[1:]
-    rr[b, :, 0], rr[b, :, 1] = pre, post
-    cycles = pre / p_waves[:-1] if p_waves is not None else pre
+    cyc = iv / p_waves if p_waves is not None else iv
+    pre = iv[:-1]
+    shown = cyc if interval_stat == "atrial" else iv
+    rr[b, :, 0], rr[b, :, 1] = shown[:-1], shown[1:]
+    cycles = cyc[:-1]
     rr[b, :, 2] = _local_mean(cycles if local_stat == "atrial" else pre, local_beats)
-    new = stat(pre / p_waves[:-1]) if record_stat == "atrial" and p_waves is not None else stat(pre)
+    new = stat(cycles) if record_stat == "atrial" and p_waves is not None else stat(pre)
     rr[b, :, 3] = rr[b, :, 3] * new / old
 
 
@@ -399,7 +402,7 @@ def synthetic_ectopy(rr, y, g: torch.Generator, p: float, local_beats: int = 10,
 
 
 def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, record_stat: str = "mean",
-                    doubled: bool = False, local_stat: str = "mean"):
+                    doubled: bool = False, local_stat: str = "mean", interval_stat: str = "raw"):
     """Second-degree AV block with 2:1 conduction in stretches, on whole N-only sequences; labels unchanged.
 
     The counterweight to :func:`synthetic_ectopy`, as :func:`synthetic_af` is to :func:`synthetic_s`:
@@ -427,7 +430,7 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, 
                 factor[t:t + n] = 2.0
             t, blocked = t + n, not blocked
         _set_intervals(rr, b, m * factor * (1 + 0.03 * torch.randn(T + 1, generator=g)), local_beats,
-                       record_stat, p_waves=factor, local_stat=local_stat)
+                       record_stat, p_waves=factor, local_stat=local_stat, interval_stat=interval_stat)
         two[b] = factor[1:] > 1.5
     return (rr, sel, two) if doubled else (rr, sel)
 
@@ -589,6 +592,7 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     local_beats = spec.get("local_rr_beats", 10)
     record_stat = spec.get("record_rr_stat", "mean")
     local_stat = spec.get("local_rr_stat", "mean")
+    interval_stat = spec.get("interval_rr_stat", "raw")
     rewritten = torch.zeros(len(y), dtype=torch.bool)  # sequences whose whole RR series is synthetic
     if tc.augment.synthetic_af > 0:  # first, so synthetic S never lands in an irregular context
         rr, rewritten = synthetic_af(rr, y, g, tc.augment.synthetic_af, local_beats, tc.augment.af_rate)
@@ -615,7 +619,8 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
         keep[keep.clone()] = ~ect  # synthetic_s leaves the ectopy sequences alone too
     if tc.augment.synthetic_block > 0:  # on N-only sequences no other RR rewrite took
         rr[keep], blk, two = synthetic_block(rr[keep], y[keep], g, tc.augment.synthetic_block, local_beats,
-                                             record_stat, doubled=True, local_stat=local_stat)
+                                             record_stat, doubled=True, local_stat=local_stat,
+                                             interval_stat=interval_stat)
         blocked[keep] = two
         keep[keep.clone()] = ~blk  # a synthetic S beat inside 2:1 block could sit at the sinus rate
     if tc.augment.synthetic_s > 0:

@@ -96,6 +96,9 @@ class TransNetConfig:
                                          # cycles (each divided by its P waves, as record_rr_stat "atrial"), so the
                                          # first 1:1 beats after 2:1 AV block are not premature against the doubled
                                          # intervals before them; read by ecgkit from input_spec
+    interval_rr_stat: str = "raw"        # pre- and post-RR as measured, or "atrial": each interval divided by its
+                                         # P waves, so a 2:1 interval reads as one sinus cycle (not with cut_next_s,
+                                         # which reads the next R from post-RR in seconds); read from input_spec
     cut_next_s: float = 0.0              # > 0: each window stops this many seconds before the NEXT beat's R (its
                                          # samples from there on hold the last value): a window longer than the
                                          # interval shows the next P wave but never the next QRS, so with a wide
