@@ -239,3 +239,73 @@ def test_a_contract_naming_an_unknown_local_mean_is_refused():
     check_channels({**spec, "local_rr_stat": "atrial"})
     with pytest.raises(ConfigError, match="unknown local_rr_stat 'mode'"):
         check_channels({**spec, "local_rr_stat": "mode"})
+
+
+# --- pre- and post-RR counted in sinus cycles (interval_rr_stat: atrial) ---------------------------
+
+def test_atrial_intervals_read_a_2_1_interval_as_one_cycle():
+    peaks = np.cumsum([0, 100] + [200] * 5 + [100] * 4)              # 1 s, 5 x 2 s (2:1 block), 4 x 1 s; 100 Hz
+    blocked = np.r_[0, 0, np.ones(5, int), np.zeros(4, int)]
+    raw = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=blocked, local_stat="atrial")
+    cyc = rr_features(peaks, 100.0, record_stat="atrial", blocked_p=blocked, local_stat="atrial",
+                      interval_stat="atrial")
+    assert raw[1, 1] == pytest.approx(2.0) and raw[2, 0] == pytest.approx(2.0)  # as measured: a pause
+    np.testing.assert_allclose(cyc, np.ones_like(cyc))               # in sinus cycles: a regular rhythm
+    np.testing.assert_array_equal(cyc[:, 2:], raw[:, 2:])            # the references are unchanged
+    none = rr_features(peaks, 100.0, blocked_p=np.zeros(len(peaks), int), interval_stat="atrial")
+    np.testing.assert_array_equal(none, rr_features(peaks, 100.0))   # nothing blocked: as measured
+    with pytest.raises(ValueError, match="blocked_p"):
+        rr_features(peaks, 100.0, interval_stat="atrial")
+    with pytest.raises(ValueError, match="interval_stat"):
+        rr_features(peaks, 100.0, interval_stat="seconds")
+
+
+def test_the_block_check_reads_as_a_regular_rhythm_in_sinus_cycles(block_115):
+    from ecgkit.inference import prepare_record
+
+    keys = dict(record_rr_stat="atrial", local_rr_stat="atrial")
+    model = create("encoders", "transnet", interval_rr_stat="atrial", **keys)
+    assert model.input_spec["interval_rr_stat"] == "atrial"
+    assert "interval_rr_stat" not in create("encoders", "transnet", **keys).input_spec
+    r, pk, blocked = block_115[2][True]
+    cyc = prepare_record(r, pk, model.input_spec)["rr"]
+    raw = prepare_record(r, pk, create("encoders", "transnet", **keys).input_spec)["rr"]
+    before = np.flatnonzero(blocked[1:] & ~blocked[:-1])              # the last 1:1 beat before a 2:1 interval
+    assert before.size >= 3
+    assert np.median(raw[before, 1] / raw[before, 2]) > 1.8           # as measured: a pause after it
+    assert np.median(cyc[before, 1] / cyc[before, 2]) == pytest.approx(1.0, abs=0.1)
+    assert np.mean(np.abs(cyc[:, 0] / cyc[:, 2] - 1) < 0.15) > 0.95   # nearly every beat on time
+
+
+def test_atrial_intervals_refuse_cut_next_and_unknown_values():
+    from ecgkit.errors import ConfigError
+    from ecgkit.inference import check_channels
+
+    with pytest.raises(ConfigError, match="cut_next_s"):
+        create("encoders", "transnet", interval_rr_stat="atrial", cut_next_s=0.1)
+    with pytest.raises(ConfigError, match="interval_rr_stat"):
+        create("encoders", "transnet", interval_rr_stat="seconds")
+    spec = create("encoders", "transnet").input_spec
+    check_channels({**spec, "interval_rr_stat": "atrial"})
+    with pytest.raises(ConfigError, match="unknown interval_rr_stat 'seconds'"):
+        check_channels({**spec, "interval_rr_stat": "seconds"})
+    with pytest.raises(ConfigError, match="cut_next_s"):
+        check_channels({**spec, "interval_rr_stat": "atrial", "cut_next_s": 0.1})
+
+
+def test_synthetic_block_gives_sinus_cycles_when_asked():
+    from ecgkit.train import synthetic_block
+
+    rng = np.random.default_rng(0)
+    pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
+    peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
+    rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
+    y = torch.zeros(4, 128, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    keys = dict(record_stat="atrial", local_stat="atrial", doubled=True)
+    raw, _, two = synthetic_block(rr.clone(), y, g(), 1.0, **keys)
+    cyc, _, two2 = synthetic_block(rr.clone(), y, g(), 1.0, interval_stat="atrial", **keys)
+    assert torch.equal(two, two2) and torch.equal(raw[..., 2:], cyc[..., 2:])
+    m = rr[:, :, 0].median(1).values[:, None]
+    assert (raw[..., 1][two] / m.expand_as(two)[two]).min() > 1.8    # post-RR of a 2:1 interval, as measured
+    assert ((cyc[..., :2] / m[..., None] - 1).abs() < 0.15).all()     # in sinus cycles: about one
