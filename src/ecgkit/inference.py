@@ -12,7 +12,7 @@ import torch
 
 from .io import Record
 from .preprocess import bandpass, resample, run_chain, zscore
-from .segment import beat_windows, blocked_p_waves, rr_features
+from .segment import ATRIAL_INTERVAL_MIN_RUN, beat_windows, blocked_p_waves, rr_features
 
 
 #: Input channels built from the record's chosen lead, and from its second lead (see :func:`second_lead`).
@@ -99,7 +99,9 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
     stat, local = spec.get("record_rr_stat", "mean"), spec.get("local_rr_stat", "mean")
     iv = spec.get("interval_rr_stat", "raw")
-    blocked = blocked_p_waves(x, pos, fs) if "atrial" in (stat, local, iv) else None  # on the model's own lead
+    # on the model's own lead; intervals in sinus cycles count only runs of blocked P waves (2:1 block repeats)
+    min_run = ATRIAL_INTERVAL_MIN_RUN if iv == "atrial" else 1
+    blocked = blocked_p_waves(x, pos, fs, min_run=min_run) if "atrial" in (stat, local, iv) else None
     out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked, local, iv)
     return out
 

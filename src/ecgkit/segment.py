@@ -130,7 +130,7 @@ QTC_S = 0.42
 
 
 def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float = 0.8,
-                    min_quality: float = 0.5) -> np.ndarray:
+                    min_quality: float = 0.5, min_run: int = 1) -> np.ndarray:
     """Non-conducted P waves in the interval before each beat: ``(n_beats,)`` int, 0 for the first beat.
 
     A sinus P wave that no QRS follows (second-degree AV block; in 2:1 block every other one) has
@@ -145,6 +145,8 @@ def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float =
     count only if they sit where a regular atrial rhythm puts them: at ``j / (k + 1)`` of the
     interval, within a fifth of that spacing. Blocked P waves march through at the sinus rate; a
     T, U or noise wave does not. An interval's count is the larger of the two templates' counts.
+    ``min_run`` > 1 keeps a count only in a run of at least that many consecutive intervals with one:
+    2:1 block repeats, while the pause after an ectopic run that happens to hold a P-like wave is alone.
 
     ``x``: one lead at ``fs`` (band-passed); ``pos``: R positions in samples of ``x``.
     """
@@ -156,7 +158,23 @@ def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float =
     lo = round(QTC_S * np.sqrt(np.median(np.diff(pos)) / fs) * fs)
     for seg in BLOCKED_P_TEMPLATES_S:
         n = np.maximum(n, _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality))
-    return n
+    return _in_runs(n, min_run) if min_run > 1 else n
+
+
+def _in_runs(n: np.ndarray, min_run: int) -> np.ndarray:
+    """``n`` with every count outside a run of ``min_run`` or more consecutive nonzero counts set to 0."""
+    c = np.r_[False, n > 0, False].astype(np.int8)
+    edges = np.flatnonzero(np.diff(c))                     # run starts and ends (exclusive), alternating
+    keep = np.zeros(n.size, dtype=bool)
+    for a, b in zip(edges[::2], edges[1::2]):
+        if b - a >= min_run:
+            keep[a:b] = True
+    return np.where(keep, n, 0)
+
+
+#: Consecutive intervals with a blocked P wave that :func:`~ecgkit.inference.prepare_record` requires when the
+#: pre- and post-RR are given in sinus cycles (``interval_rr_stat: atrial``).
+ATRIAL_INTERVAL_MIN_RUN = 2
 
 
 def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.ndarray:
