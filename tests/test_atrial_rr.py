@@ -309,3 +309,40 @@ def test_synthetic_block_gives_sinus_cycles_when_asked():
     m = rr[:, :, 0].median(1).values[:, None]
     assert (raw[..., 1][two] / m.expand_as(two)[two]).min() > 1.8    # post-RR of a 2:1 interval, as measured
     assert ((cyc[..., :2] / m[..., None] - 1).abs() < 0.15).all()     # in sinus cycles: about one
+
+
+def test_counts_outside_a_run_are_dropped_when_asked():
+    from ecgkit.segment import _in_runs
+
+    n = np.array([0, 1, 0, 1, 1, 0, 2, 1, 1, 0, 1])
+    np.testing.assert_array_equal(_in_runs(n, 2), [0, 0, 0, 1, 1, 0, 2, 1, 1, 0, 0])
+    np.testing.assert_array_equal(_in_runs(n, 3), [0, 0, 0, 0, 0, 0, 2, 1, 1, 0, 0])
+    np.testing.assert_array_equal(_in_runs(np.zeros(4, int), 2), np.zeros(4))
+
+
+def test_lone_pauses_are_not_counted_in_sinus_cycle_intervals(data_dir, block_115):
+    """The S-majority check's pauses after ectopic runs (118) hold P-like waves the detector counts
+    alone; 2:1 block repeats, so a run of two keeps it (115's block check) and drops them."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rhythm_stress as rs
+
+    from ecgkit.io import read_annotations, read_record
+
+    rec = read_record(str(data_dir / "118"))
+    peaks, cls = rs.reference_beats(*read_annotations(rec.path, "atr"))
+    labels = np.array(rs.AAMI_CLASSES)[cls]
+    rng = np.random.default_rng([0, 118])
+    x = rs.source_signal(rec)
+    rs.synthetic_record(rec, peaks, labels, "sparse", 1800, rng, x)   # the check's draws, in its order
+    r, p, _ = rs.synthetic_record(rec, peaks, labels, "majority", 1800, rng, x)
+    lead = _lead(r, p)
+    assert (blocked_p_waves(*lead, FS) > 0).sum() >= 5                  # lone pauses counted
+    assert not blocked_p_waves(*lead, FS, min_run=2).any()               # none repeats
+    from ecgkit.inference import prepare_record
+
+    keys = dict(record_rr_stat="atrial", local_rr_stat="atrial")
+    cyc = prepare_record(r, p, create("encoders", "transnet", interval_rr_stat="atrial", **keys).input_spec)["rr"]
+    raw = prepare_record(r, p, create("encoders", "transnet", **keys).input_spec)["rr"]
+    np.testing.assert_array_equal(cyc[:, :2], raw[:, :2])             # the model's intervals: no pause halved
+    r, pk, blocked = block_115[2][True]
+    assert np.mean(blocked_p_waves(*_lead(r, pk), FS, min_run=2)[blocked] == 1) >= 0.9
