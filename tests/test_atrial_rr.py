@@ -111,14 +111,19 @@ def test_the_model_contract_carries_the_atrial_reference_into_its_rr_features(bl
     np.testing.assert_array_equal(atrial[:, :3], mean[:, :3])
 
 
-def test_synthetic_block_rescales_the_atrial_reference_by_sinus_cycles(data_dir):
-    from ecgkit.train import synthetic_block
-
+def _sinus_sequences():
+    """RR features (4, 128, 4) and all-N labels of four sequences of a steady 0.8 s rhythm (3 % jitter)."""
     rng = np.random.default_rng(0)
     pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
     peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
     rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
-    y = torch.zeros(4, 128, dtype=torch.long)
+    return rr, torch.zeros(4, 128, dtype=torch.long)
+
+
+def test_synthetic_block_rescales_the_atrial_reference_by_sinus_cycles(data_dir):
+    from ecgkit.train import synthetic_block
+
+    rr, y = _sinus_sequences()
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     mean, sel, two = synthetic_block(rr.clone(), y, g(), 1.0, doubled=True)
     atrial, _, two2 = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True)
@@ -204,11 +209,7 @@ def test_the_model_contract_carries_the_atrial_local_mean_on_the_block_check(blo
 def test_synthetic_block_counts_the_local_mean_in_sinus_cycles_when_asked():
     from ecgkit.train import synthetic_block
 
-    rng = np.random.default_rng(0)
-    pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
-    peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
-    rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
-    y = torch.zeros(4, 128, dtype=torch.long)
+    rr, y = _sinus_sequences()
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     plain, _, two = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True)
     local, _, two2 = synthetic_block(rr.clone(), y, g(), 1.0, record_stat="atrial", doubled=True,
@@ -296,11 +297,7 @@ def test_atrial_intervals_refuse_cut_next_and_unknown_values():
 def test_synthetic_block_gives_sinus_cycles_when_asked():
     from ecgkit.train import synthetic_block
 
-    rng = np.random.default_rng(0)
-    pre = 0.8 * (1 + 0.03 * rng.standard_normal(4 * 129))
-    peaks = np.round(np.concatenate([[0.0], np.cumsum(pre)]) * 360).astype(np.int64)
-    rr = torch.from_numpy(rr_features(peaks, 360.0)[:512].reshape(4, 128, 4).copy())
-    y = torch.zeros(4, 128, dtype=torch.long)
+    rr, y = _sinus_sequences()
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     keys = dict(record_stat="atrial", local_stat="atrial", doubled=True)
     raw, _, two = synthetic_block(rr.clone(), y, g(), 1.0, **keys)

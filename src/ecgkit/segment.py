@@ -128,6 +128,10 @@ BLOCKED_P_TEMPLATES_S = ((0.32, 0.07), (0.25, 0.07))
 #: QTc (Bazett) that places the end of the T wave after R: ``QTC_S * sqrt(median interval)``.
 QTC_S = 0.42
 
+#: Consecutive intervals with a blocked P wave that :func:`~ecgkit.inference.prepare_record` requires when the
+#: pre- and post-RR are given in sinus cycles (``interval_rr_stat: atrial``).
+ATRIAL_INTERVAL_MIN_RUN = 2
+
 
 def blocked_p_waves(x: np.ndarray, pos: np.ndarray, fs: float, min_corr: float = 0.8,
                     min_quality: float = 0.5, min_run: int = 1) -> np.ndarray:
@@ -170,11 +174,6 @@ def _in_runs(n: np.ndarray, min_run: int) -> np.ndarray:
         if b - a >= min_run:
             keep[a:b] = True
     return np.where(keep, n, 0)
-
-
-#: Consecutive intervals with a blocked P wave that :func:`~ecgkit.inference.prepare_record` requires when the
-#: pre- and post-RR are given in sinus cycles (``interval_rr_stat: atrial``).
-ATRIAL_INTERVAL_MIN_RUN = 2
 
 
 def _blocked_p_one_template(x, pos, fs, seg, lo, min_corr, min_quality) -> np.ndarray:

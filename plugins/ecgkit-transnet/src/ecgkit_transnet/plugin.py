@@ -23,7 +23,8 @@ def transnet(**params):
     from dataclasses import fields
 
     from ecgkit.errors import ConfigError
-    from ecgkit.segment import INTERVAL_RR_STATS, LOCAL_RR_STATS, RECORD_RR_STATS
+    from ecgkit.inference import check_channels
+    from ecgkit.segment import RECORD_RR_STATS
 
     from .model import ECGTransNet, TransNetConfig
 
@@ -35,15 +36,6 @@ def transnet(**params):
     if cfg.record_rr_stat not in RECORD_RR_STATS:
         raise ConfigError(f"transnet: record_rr_stat must be one of {', '.join(RECORD_RR_STATS)}, "
                           f"got {cfg.record_rr_stat!r}")
-    if cfg.local_rr_stat not in LOCAL_RR_STATS:
-        raise ConfigError(f"transnet: local_rr_stat must be one of {', '.join(LOCAL_RR_STATS)}, "
-                          f"got {cfg.local_rr_stat!r}")
-    if cfg.interval_rr_stat not in INTERVAL_RR_STATS:
-        raise ConfigError(f"transnet: interval_rr_stat must be one of {', '.join(INTERVAL_RR_STATS)}, "
-                          f"got {cfg.interval_rr_stat!r}")
-    if cfg.interval_rr_stat != "raw" and cfg.cut_next_s > 0:
-        raise ConfigError("transnet: interval_rr_stat 'atrial' gives post-RR in sinus cycles, so cut_next_s cannot "
-                          "find the next R from it; use one or the other")
     if not 0 <= cfg.cut_next_s < cfg.after / cfg.fs_hz:
         raise ConfigError(f"transnet: cut_next_s is seconds before the next R, >= 0 (0 = off) and shorter than the "
                           f"window after R ({cfg.after / cfg.fs_hz:.3f} s), got {cfg.cut_next_s}")
@@ -70,6 +62,7 @@ def transnet(**params):
         model.input_spec["interval_rr_stat"] = cfg.interval_rr_stat
     if cfg.cut_next_s > 0:  # training hides the next beat's QRS from its stored windows at the same point
         model.input_spec["cut_next_s"] = float(cfg.cut_next_s)
+    check_channels(model.input_spec)  # RR keys ecgkit cannot build, or interval_rr_stat with cut_next_s
     return model
 
 
