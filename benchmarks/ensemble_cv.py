@@ -144,12 +144,13 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
 
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
                        record_rr_stat: str | None = None, local_rr_stat: str | None = None,
-                       interval_rr_stat: str | None = None):
+                       interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
     the one in its input contract (an inference-time probe; the weights are unchanged);
-    ``local_rr_stat`` and ``interval_rr_stat`` likewise for the local mean and the pre- and post-RR.
+    ``local_rr_stat`` and ``interval_rr_stat`` likewise for the local mean and the pre- and post-RR,
+    ``blocked_p_min_run`` for the run of blocked P waves the atrial stats count them in.
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
@@ -169,7 +170,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         for i, m in enumerate(maps):
             if m[rec] not in cache:
                 cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat,
-                                                    interval_rr_stat)
+                                                    interval_rr_stat, blocked_p_min_run)
             model, spec, _ = cache[m[rec]]
             prep = prepare_record(r, peaks, spec)
             lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
@@ -183,10 +184,11 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
 
 
 def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None,
-                        interval: str | None = None) -> tuple:
+                        interval: str | None = None, min_run: int | None = None) -> tuple:
     """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat``,
-    ``spec["local_rr_stat"]`` to ``local`` and ``spec["interval_rr_stat"]`` to ``interval`` (None: as is)."""
-    if stat is None and local is None and interval is None:
+    ``spec["local_rr_stat"]`` to ``local``, ``spec["interval_rr_stat"]`` to ``interval`` and
+    ``spec["blocked_p_min_run"]`` to ``min_run`` (None: as is)."""
+    if stat is None and local is None and interval is None and min_run is None:
         return loaded
     from ecgkit.segment import INTERVAL_RR_STATS, LOCAL_RR_STATS, RECORD_RR_STATS
 
@@ -197,9 +199,17 @@ def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = Non
     if interval is not None and interval not in INTERVAL_RR_STATS:
         raise SystemExit(f"Error: --interval-rr-stat must be one of {', '.join(INTERVAL_RR_STATS)}, got {interval!r}")
     model, spec, meta = loaded
-    new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local), ("interval_rr_stat", interval))
-           if v is not None}
-    return model, {**spec, **new}, meta
+    new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local), ("interval_rr_stat", interval),
+                             ("blocked_p_min_run", min_run)) if v is not None}
+    spec = {**spec, **new}
+    from ecgkit.errors import ConfigError
+    from ecgkit.inference import check_channels
+
+    try:
+        check_channels(spec)
+    except ConfigError as e:
+        raise SystemExit(f"Error: {e}") from None
+    return model, spec, meta
 
 
 def decide(log_probs: np.ndarray) -> np.ndarray:
@@ -228,11 +238,13 @@ def main(argv=None) -> None:
                     help="likewise for the local RR mean (mean, atrial)")
     ap.add_argument("--interval-rr-stat", default=None, metavar="STAT",
                     help="likewise for the pre- and post-RR (raw, atrial)")
+    ap.add_argument("--blocked-p-min-run", type=int, default=None, metavar="N",
+                    help="likewise for the run of consecutive intervals a blocked P wave is counted in")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
 
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
-                                        args.local_rr_stat, args.interval_rr_stat)
+                                        args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

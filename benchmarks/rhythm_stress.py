@@ -320,6 +320,8 @@ def main(argv=None) -> None:
                     help="likewise for the local RR mean (mean, atrial)")
     ap.add_argument("--interval-rr-stat", default=None, metavar="STAT",
                     help="likewise for the pre- and post-RR (raw, atrial)")
+    ap.add_argument("--blocked-p-min-run", type=int, default=None, metavar="N",
+                    help="likewise for the run of consecutive intervals a blocked P wave is counted in")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     args = ap.parse_args(argv)
@@ -348,7 +350,8 @@ def main(argv=None) -> None:
         for m in maps:
             if m[rec_name] not in models:
                 models[m[rec_name]] = with_record_rr_stat(load_any_model(m[rec_name]), args.record_rr_stat,
-                                                                 args.local_rr_stat, args.interval_rr_stat)
+                                                                 args.local_rr_stat, args.interval_rr_stat,
+                                                                 args.blocked_p_min_run)
             model, spec, _ = models[m[rec_name]]
             lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
         return np.mean(lps, 0).argmax(1), lps

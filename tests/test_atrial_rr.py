@@ -343,3 +343,65 @@ def test_lone_pauses_are_not_counted_in_sinus_cycle_intervals(data_dir, block_11
     np.testing.assert_array_equal(cyc[:, :2], raw[:, :2])             # the model's intervals: no pause halved
     r, pk, blocked = block_115[2][True]
     assert np.mean(blocked_p_waves(*_lead(r, pk), FS, min_run=2)[blocked] == 1) >= 0.9
+
+
+# --- the run of blocked P waves a contract counts them in (blocked_p_min_run) -----------------------
+
+def test_the_contract_names_the_run_a_blocked_p_wave_is_counted_in(data_dir):
+    """201 (DS1, no AV block) holds one run of two intervals with a P-like wave: the default run of two
+    keeps it, a contract asking for three drops it; every count is the detector's at that run."""
+    from ecgkit.datasets.mitdb import reference_beats
+    from ecgkit.inference import blocked_p_min_run, prepare_record
+    from ecgkit.io import read_annotations, read_record
+
+    rec = read_record(str(data_dir / "201"))
+    peaks, _ = reference_beats(*read_annotations(rec.path, "atr"))
+    keys = dict(record_rr_stat="atrial", local_rr_stat="atrial", interval_rr_stat="atrial")
+    two = create("encoders", "transnet", **keys).input_spec
+    three = create("encoders", "transnet", blocked_p_min_run=3, **keys).input_spec
+    assert "blocked_p_min_run" not in two and three["blocked_p_min_run"] == 3
+    assert blocked_p_min_run(two) == 2 and blocked_p_min_run(three) == 3
+    assert blocked_p_min_run({"record_rr_stat": "atrial"}) == 1          # the record reference alone: every one
+    lead = _lead(rec, peaks)
+    counted = blocked_p_waves(*lead, FS, min_run=2)
+    assert (counted > 0).sum() == 2 and not blocked_p_waves(*lead, FS, min_run=3).any()
+    rr2, rr3 = prepare_record(rec, peaks, two)["rr"], prepare_record(rec, peaks, three)["rr"]
+    raw = prepare_record(rec, peaks, create("encoders", "transnet", record_rr_stat="atrial",
+                                            local_rr_stat="atrial").input_spec)["rr"]
+    i = np.flatnonzero(counted)
+    np.testing.assert_allclose(rr2[i, 0], raw[i, 0] / 2, rtol=1e-6)    # the run of two: halved
+    np.testing.assert_array_equal(rr3[:, :2], raw[:, :2])                # the run of three: none counted
+
+
+def test_a_bad_blocked_p_min_run_is_refused():
+    from ecgkit.ensemble import Ensemble
+    from ecgkit.errors import ConfigError
+    from ecgkit.inference import check_channels
+
+    keys = dict(record_rr_stat="atrial")
+    for bad in (-1, 2.5, "3"):
+        with pytest.raises(ConfigError, match="blocked_p_min_run"):
+            create("encoders", "transnet", blocked_p_min_run=bad, **keys)
+    spec = create("encoders", "transnet", **keys).input_spec
+    for bad in (0, True, 1.0):
+        with pytest.raises(ConfigError, match="integer >= 1"):
+            check_channels({**spec, "blocked_p_min_run": bad})
+    with pytest.raises(ConfigError, match="only an 'atrial'"):                 # no detector runs without one
+        create("encoders", "transnet", blocked_p_min_run=3)
+    a = create("encoders", "transnet", blocked_p_min_run=3, **keys)
+    b = create("encoders", "transnet", **keys)
+    with pytest.raises(ConfigError, match="blocked_p_min_run differs"):
+        Ensemble([a, b])
+    Ensemble([a, create("encoders", "transnet", blocked_p_min_run=3, **keys)])
+
+
+def test_the_benchmarks_probe_can_swap_the_run():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ensemble_cv import with_record_rr_stat
+
+    model = create("encoders", "transnet", record_rr_stat="atrial")
+    loaded = (model, model.input_spec, {})
+    _, spec, _ = with_record_rr_stat(loaded, None, min_run=3)
+    assert spec == {**model.input_spec, "blocked_p_min_run": 3} and "blocked_p_min_run" not in model.input_spec
+    with pytest.raises(SystemExit, match="integer >= 1"):
+        with_record_rr_stat(loaded, None, min_run=0)

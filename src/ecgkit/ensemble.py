@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 #: Input-contract keys every member must share (the data a beat window is built from; channels may differ).
 SHARED_SPEC = ("fs_hz", "before_samples", "after_samples", "classes", "local_rr_beats", "bandpass_hz",
-               "record_rr_stat", "local_rr_stat", "interval_rr_stat")
+               "record_rr_stat", "local_rr_stat", "interval_rr_stat", "blocked_p_min_run")
 
 
 class Ensemble(nn.Module):

@@ -67,7 +67,8 @@ def register_encoders():
     ``record_rr_stat`` (``"mean"``, the default, ``"median"`` or ``"atrial"``: how the record-level RR
     column is taken from the record's intervals), ``local_rr_stat`` (``"mean"``, the default, or
     ``"atrial"``: the local mean counted in sinus cycles), ``interval_rr_stat`` (``"raw"``, the default,
-    or ``"atrial"``: pre- and post-RR in sinus cycles; not with ``cut_next_s``) and ``cut_next_s`` (the encoder ignores
+    or ``"atrial"``: pre- and post-RR in sinus cycles; not with ``cut_next_s``), ``blocked_p_min_run`` (with an
+    ``"atrial"`` stat, the run of consecutive intervals a blocked P wave is counted in) and ``cut_next_s`` (the encoder ignores
     each window from this many seconds before the next beat's R on; training then makes
     the stored windows agree with the intervals its augmentations rewrite).
     ``ecgkit train`` passes ``seq_len`` to the factory, so it must accept it.

@@ -45,6 +45,21 @@ def check_channels(spec: dict) -> None:
     if iv != "raw" and spec.get("cut_next_s", 0):
         raise ConfigError("interval_rr_stat 'atrial' gives post-RR in sinus cycles, so cut_next_s (seconds to "
                           "the next R) cannot be read from it; use one or the other")
+    if "blocked_p_min_run" in spec:
+        run = spec["blocked_p_min_run"]
+        if isinstance(run, bool) or not isinstance(run, int) or run < 1:
+            raise ConfigError(f"blocked_p_min_run is a count of consecutive intervals (an integer >= 1), got {run!r}")
+        if "atrial" not in (stat, local, iv):
+            raise ConfigError("blocked_p_min_run counts blocked P waves, which only an 'atrial' record_rr_stat, "
+                              "local_rr_stat or interval_rr_stat reads; set one of them or drop it")
+
+
+def blocked_p_min_run(spec: dict) -> int:
+    """Consecutive intervals with a blocked P wave the contract counts them in: its ``blocked_p_min_run``, else
+    :data:`~ecgkit.segment.ATRIAL_INTERVAL_MIN_RUN` with intervals in sinus cycles, else 1 (every one)."""
+    if "blocked_p_min_run" in spec:
+        return int(spec["blocked_p_min_run"])
+    return ATRIAL_INTERVAL_MIN_RUN if spec.get("interval_rr_stat", "raw") == "atrial" else 1
 
 
 def uses_second_lead(spec: dict) -> bool:
@@ -99,9 +114,8 @@ def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 
         out["med" + suffix] = np.median(W, axis=0).astype(np.float32) if len(W) else np.zeros(b + a, np.float32)
     stat, local = spec.get("record_rr_stat", "mean"), spec.get("local_rr_stat", "mean")
     iv = spec.get("interval_rr_stat", "raw")
-    # on the model's own lead; intervals in sinus cycles count only runs of blocked P waves (2:1 block repeats)
-    min_run = ATRIAL_INTERVAL_MIN_RUN if iv == "atrial" else 1
-    blocked = blocked_p_waves(x, pos, fs, min_run=min_run) if "atrial" in (stat, local, iv) else None
+    # on the model's own lead, counted only in runs of blocked P waves where the contract asks (2:1 block repeats)
+    blocked = blocked_p_waves(x, pos, fs, min_run=blocked_p_min_run(spec)) if "atrial" in (stat, local, iv) else None
     out["rr"] = rr_features(peaks, record.fs, spec.get("local_rr_beats", 10), stat, blocked, local, iv)
     return out
 

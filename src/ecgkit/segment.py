@@ -129,7 +129,8 @@ BLOCKED_P_TEMPLATES_S = ((0.32, 0.07), (0.25, 0.07))
 QTC_S = 0.42
 
 #: Consecutive intervals with a blocked P wave that :func:`~ecgkit.inference.prepare_record` requires when the
-#: pre- and post-RR are given in sinus cycles (``interval_rr_stat: atrial``).
+#: pre- and post-RR are given in sinus cycles (``interval_rr_stat: atrial``) and the input contract names no
+#: ``blocked_p_min_run`` of its own.
 ATRIAL_INTERVAL_MIN_RUN = 2
 
 

@@ -99,6 +99,9 @@ class TransNetConfig:
     interval_rr_stat: str = "raw"        # pre- and post-RR as measured, or "atrial": each interval divided by its
                                          # P waves, so a 2:1 interval reads as one sinus cycle (not with cut_next_s,
                                          # which reads the next R from post-RR in seconds); read from input_spec
+    blocked_p_min_run: int = 0           # > 0: the atrial stats count a blocked P wave only in a run of at least this
+                                         # many consecutive intervals that have one (0: ecgkit's default, 2 with
+                                         # interval_rr_stat "atrial", else 1); read by ecgkit from input_spec
     cut_next_s: float = 0.0              # > 0: each window stops this many seconds before the NEXT beat's R (its
                                          # samples from there on hold the last value): a window longer than the
                                          # interval shows the next P wave but never the next QRS, so with a wide

@@ -60,9 +60,11 @@ def transnet(**params):
         model.input_spec["local_rr_stat"] = cfg.local_rr_stat
     if cfg.interval_rr_stat != "raw":
         model.input_spec["interval_rr_stat"] = cfg.interval_rr_stat
+    if cfg.blocked_p_min_run:
+        model.input_spec["blocked_p_min_run"] = cfg.blocked_p_min_run
     if cfg.cut_next_s > 0:  # training hides the next beat's QRS from its stored windows at the same point
         model.input_spec["cut_next_s"] = float(cfg.cut_next_s)
-    check_channels(model.input_spec)  # RR keys ecgkit cannot build, or interval_rr_stat with cut_next_s
+    check_channels(model.input_spec)  # RR keys ecgkit cannot build, interval_rr_stat with cut_next_s, ...
     return model
 
 
