@@ -64,7 +64,7 @@ def transnet(**params):
         model.input_spec["blocked_p_min_run"] = cfg.blocked_p_min_run
     if cfg.cut_next_s > 0:  # training hides the next beat's QRS from its stored windows at the same point
         model.input_spec["cut_next_s"] = float(cfg.cut_next_s)
-    check_channels(model.input_spec)  # RR keys ecgkit cannot build, interval_rr_stat with cut_next_s, ...
+    check_channels(model.input_spec)  # unknown RR stats, interval_rr_stat with cut_next_s, a bad blocked_p_min_run
     return model
 
 
