@@ -485,3 +485,66 @@ def test_training_batches_rescale_the_record_reference_the_spec_names(data_dir, 
             want = recorded[b, 0, 3] * f(rr[s][b, :, 0]) / f(recorded[b, :, 0])
             assert torch.allclose(rr[s][b, :, 3], want.expand(64), rtol=1e-5)
     assert not torch.allclose(rr["mean"][rewritten][..., 3], rr["median"][rewritten][..., 3])
+
+
+def test_motion_noise_is_band_limited_in_one_burst_per_sequence_and_scaled_to_the_beat(data_dir):
+    """Artefact of 0.7-8 Hz on one contiguous run of beats per hit sequence, sized by the median beat."""
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.registry import create
+    from ecgkit.segment import labelled_peaks
+    from ecgkit.train import MOTION_BAND_HZ, motion_noise
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80}
+    rec = read_record(str(data_dir / "100"))
+    peaks, _ = labelled_peaks(rec, create("segmenters", "reference"))
+    d = prepare_record(rec, peaks, spec)
+    W = torch.from_numpy(d["W"][:64 * 32].reshape(32, 64, -1))           # 32 sequences of 64 beats
+    med = torch.from_numpy(d["med"])[None].expand(32, -1).contiguous()
+    out = motion_noise(W, med, torch.Generator().manual_seed(0), 0.5, 180.0)
+    noise = out - W
+    hit = noise.abs().amax(-1) > 0                                        # (32, 64) beats that got artefact
+    hit_seq = hit.any(-1)
+    assert 8 < int(hit_seq.sum()) < 24                                    # about half of the sequences
+    for b in hit_seq.nonzero()[:, 0]:
+        on = hit[b].nonzero()[:, 0]
+        assert int(on[-1] - on[0]) + 1 == len(on)                         # one contiguous run
+        assert 0.1 * 64 <= len(on) <= 0.6 * 64 + 1
+    # the band: nearly all the artefact's power below 8 Hz, little under 0.7 Hz beyond the window's own leakage
+    spec_pow = torch.fft.rfft(noise[hit], n=1024).abs().square().sum(0)
+    f = torch.fft.rfftfreq(1024, 1 / 180.0)
+    assert spec_pow[f > 2 * MOTION_BAND_HZ[1]].sum() < 0.02 * spec_pow.sum()
+    # size: at most `strength` x the median beat's peak-to-peak in std, reaching a good part of it
+    ptp = float(med[0].amax() - med[0].amin())
+    std = noise[hit].std(-1)
+    assert float(std.median()) < 0.5 * ptp and float(std.quantile(0.9)) > 0.15 * ptp
+    # seeded, and nothing at strength 0
+    assert torch.equal(out, motion_noise(W, med, torch.Generator().manual_seed(0), 0.5, 180.0))
+    assert torch.equal(motion_noise(W, med, torch.Generator().manual_seed(0), 0.0, 180.0), W)
+
+
+def test_motion_in_training_batches_leaves_every_other_draw_alone(data_dir, tmp_path):
+    """`motion` draws last: labels, RR, shifts and the windows outside its bursts are the batch without it."""
+    import yaml
+
+    from ecgkit.config import load_config
+    from ecgkit.inference import prepare_record
+    from ecgkit.io import read_record
+    from ecgkit.registry import create
+    from ecgkit.segment import labelled_peaks
+    from ecgkit.train import training_batch
+
+    spec = {"fs_hz": 180.0, "before_samples": 64, "after_samples": 80, "classes": list("NSVFQ")}
+    rec = read_record(str(data_dir / "100"))
+    peaks, y = labelled_peaks(rec, create("segmenters", "reference"))
+    fit = {"100": {**prepare_record(rec, peaks, spec, margin=4), "y": y}}
+    out = {}
+    for m in (0.0, 0.5):
+        p = tmp_path / f"m{m}.yaml"
+        p.write_text(yaml.safe_dump({"train": {"seq_len": 64, "batch_size": 8,
+                                               "augment": {"synthetic_ectopy": 0.3, "motion": m}}}))
+        out[m] = training_batch(fit, ["100"], load_config(p).train, spec, 4, torch.Generator().manual_seed(2))
+    (W0, med0, rr0, y0, sh0, _), (W1, med1, rr1, y1, sh1, _) = out[0.0], out[0.5]
+    assert torch.equal(rr0, rr1) and torch.equal(y0, y1) and torch.equal(sh0, sh1) and torch.equal(med0, med1)
+    changed = (W0 != W1).any(-1)                                          # (8, 64)
+    assert changed.any() and not changed.all()

@@ -61,6 +61,8 @@ class AugmentConfig:
     ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
     ectopic_p: bool = False          # synthetic_ectopy's S beats get an ectopic P wave (and the median, if they are the majority)
     neighbour_overlap: bool = False  # windows follow the synthetic RR: neighbours brought closer show in each other's window
+    motion: float = 0.0             # electrode-motion-like 0.7-8 Hz artefact in a burst of beats on half the sequences;
+                                    # max std as a share of the sequence's median-beat peak-to-peak (labels kept)
 
 
 @dataclass

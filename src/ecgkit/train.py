@@ -486,6 +486,43 @@ def ventricular_shape(W, y, g: torch.Generator, p: float, r_index: int, v_class:
     return W
 
 
+#: Frequency band (Hz) of :func:`motion_noise`: electrode motion moves the baseline at the pace
+#: of a step or a breath's muscle shift, in the band of the P and T waves and below the QRS's.
+MOTION_BAND_HZ = (0.7, 8.0)
+
+
+def motion_noise(W, med, g: torch.Generator, strength: float, fs: float, p: float = 0.5):
+    """Electrode-motion-like artefact on a burst of consecutive beats (labels kept).
+
+    W (n, T, L) windows, med (n, L) median beats. On each sequence with probability ``p``, a
+    run of consecutive beats (10-60 % of the sequence, anywhere in it) gets, per window, a sum
+    of four sinusoids with frequencies log-uniform in :data:`MOTION_BAND_HZ`, random phases and
+    Gaussian weights, scaled to a standard deviation of ``strength * U(0, 1)`` times the
+    sequence's median-beat peak-to-peak. Unlike ``baseline`` (slower than the 0.5 Hz high-pass)
+    and ``emg`` (differenced white noise, mostly above the QRS band) this artefact survives
+    the band-pass and is as large as the beats: what noisy stretches of MIT-BIH look like.
+    Returns the new ``W``.
+    """
+    n, T, L = W.shape
+    if n == 0 or strength <= 0:
+        return W
+    on = torch.rand(n, generator=g) < p
+    length = torch.ceil(T * (0.1 + 0.5 * torch.rand(n, generator=g))).long().clamp(1, T)
+    start = (torch.rand(n, generator=g) * (T - length + 1)).long()
+    idx = torch.arange(T)[None, :]
+    burst = on[:, None] & (idx >= start[:, None]) & (idx < (start + length)[:, None])  # (n, T)
+    lo, hi = math.log(MOTION_BAND_HZ[0]), math.log(MOTION_BAND_HZ[1])
+    freq = torch.exp(lo + (hi - lo) * torch.rand(n, T, 4, 1, generator=g))
+    phase = 2 * math.pi * torch.rand(n, T, 4, 1, generator=g)
+    weight = torch.randn(n, T, 4, 1, generator=g)
+    t = torch.arange(L, dtype=W.dtype) / fs
+    x = (weight * torch.sin(2 * math.pi * freq * t + phase)).sum(2)           # (n, T, L)
+    x = x / (weight.square().sum(2) / 2).sqrt().clamp_min(1e-6)              # unit std (in expectation)
+    ptp = (med.amax(-1) - med.amin(-1))[:, None, None]                       # (n, 1, 1)
+    amp = strength * torch.rand(n, 1, 1, generator=g) * ptp
+    return W + burst[..., None] * amp * x
+
+
 def neighbour_overlap(W, pre_old, pre_new, fs_hz: float):
     """Windows that follow a rewritten RR series: neighbours brought closer appear in each other's window.
 
@@ -644,6 +681,10 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
     else:
         W, med, rr, shift, lead2 = augment(W, med, rr, g, tc.augment, margin, spec["before_samples"], lead2,
                                            rate_scale=cut_s <= 0)
+    if tc.augment.motion > 0:  # last, so that without it every other draw is what it was
+        W = motion_noise(W, med, g, tc.augment.motion, spec["fs_hz"])
+        if lead2 is not None:  # motion moves every electrode, each lead its own way
+            lead2 = (motion_noise(lead2[0], lead2[1], g, tc.augment.motion, spec["fs_hz"]), lead2[1])
     return W, med, rr, y, shift, lead2
 
 
