@@ -13,7 +13,8 @@ import torch
 from ecgkit.datasets.mitdb import reference_beats
 from ecgkit.io import read_annotations
 from ecgkit.segment import rr_features
-from ecgkit.train import synthetic_af, synthetic_block, synthetic_ectopy, synthetic_s
+from ecgkit.train import (SINUS_ARRHYTHMIA_MAX_STEP, synthetic_af, synthetic_block, synthetic_ectopy, synthetic_s,
+                          synthetic_sinus_arrhythmia)
 
 T = 128
 
@@ -105,6 +106,32 @@ def test_synthetic_block_is_seeded_and_off_at_zero(batch):
     g = torch.Generator().manual_seed(3)
     rr, sel = synthetic_block(batch[0].clone(), batch[1].clone(), g, p=0.0)
     assert not sel.any() and torch.equal(rr, batch[0])
+
+
+def test_synthetic_sinus_arrhythmia_swings_the_rate_gradually_and_keeps_labels(batch):
+    """Beats of the fast phase come well before the usual interval, each only a little before its predecessor."""
+    rr, y = batch[0].clone(), batch[1].clone()
+    before, y_before = rr.clone(), y.clone()
+    rr2, sel = synthetic_sinus_arrhythmia(rr, y, torch.Generator().manual_seed(0), p=1.0)
+    assert torch.equal(sel, (y_before == 0).all(1)) and torch.equal(y, y_before)
+    deepest = []
+    for b in range(len(y)):
+        if not sel[b]:
+            assert torch.equal(rr2[b], before[b])
+            continue
+        pre = rr2[b, :, 0]
+        m = float(before[b, :, 0].median())
+        step = (pre[1:] - pre[:-1]).abs() / m                # beat-to-beat change, 2 % jitter on each interval
+        assert float(step.max()) < SINUS_ARRHYTHMIA_MAX_STEP + 0.12
+        assert float(step.median()) < SINUS_ARRHYTHMIA_MAX_STEP
+        deepest.append(float(pre.min()) / m)
+        _consistent(rr2[b])
+        assert torch.isclose(rr2[b, 0, 3] / before[b, 0, 3], pre.mean() / before[b, :, 0].mean(), rtol=1e-4)
+    assert min(deepest) < 0.88 and max(deepest) < 0.99      # a real swing, in every sequence
+    again = synthetic_sinus_arrhythmia(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(0), p=1.0)
+    assert torch.equal(again[0], rr2)
+    off, none = synthetic_sinus_arrhythmia(batch[0].clone(), batch[1].clone(), torch.Generator().manual_seed(0), p=0.0)
+    assert not none.any() and torch.equal(off, batch[0])
 
 
 def test_synthetic_s_makes_single_premature_beats(batch):
@@ -317,6 +344,16 @@ def test_ventricular_ectopy_gives_synthetic_ectopy_beats_a_donor_v_shape(data_di
     assert torch.equal(W4, W) and torch.equal(y4, y2) and torch.equal(g.get_state(), state)
 
 
+def test_motion_must_not_be_negative(tmp_path):
+    from ecgkit.config import load_config
+    from ecgkit.errors import ConfigError
+
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  augment:\n    motion: -0.5\n")
+    with pytest.raises(ConfigError, match="motion.*>= 0"):
+        load_config(p)
+
+
 def test_af_rate_must_be_below_one(tmp_path):
     from ecgkit.config import load_config
     from ecgkit.errors import ConfigError
@@ -329,7 +366,7 @@ def test_af_rate_must_be_below_one(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape",
-                                  "synthetic_af", "synthetic_block"])
+                                  "synthetic_af", "synthetic_block", "sinus_arrhythmia"])
 @pytest.mark.parametrize("value", [1.5, -0.1])
 def test_augmentation_probabilities_must_be_probabilities(tmp_path, name, value):
     from ecgkit.config import load_config

@@ -57,6 +57,7 @@ class AugmentConfig:
     af_fibrillatory_p: bool = False  # synthetic_af sequences also lose their P waves (f-waves instead)
     synthetic_ectopy: float = 0.0   # prob. per N-only sequence of a frequent-atrial-ectopy RR series (relabelled)
     synthetic_block: float = 0.0    # prob. per N-only sequence (no other RR rewrite) of 2:1 AV block stretches, labels kept
+    sinus_arrhythmia: float = 0.0   # prob. per N-only sequence (no other RR rewrite) of a respiratory sinus arrhythmia, labels kept
     ventricular_shape: float = 0.0  # prob. per sequence that its V beats are inverted and/or widened
     ventricular_ectopy: float = 0.0  # share of synthetic_ectopy sequences whose ectopic beats are V (donor V shapes)
     ectopic_p: bool = False          # synthetic_ectopy's S beats get an ectopic P wave (and the median, if they are the majority)
@@ -214,10 +215,12 @@ def validate(cfg: RunConfig) -> None:
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af",
-                 "synthetic_block"):
+                 "synthetic_block", "sinus_arrhythmia"):
         if not 0.0 <= getattr(t.augment, name) <= 1.0:
             raise ConfigError(f"config key 'train.augment.{name}' must be a probability in [0, 1], "
                               f"got {getattr(t.augment, name)}")
+    if t.augment.motion < 0:
+        raise ConfigError(f"config key 'train.augment.motion' must be >= 0 (0 = off), got {t.augment.motion}")
     if not 0.0 <= t.augment.af_rate < 1.0:
         raise ConfigError(f"config key 'train.augment.af_rate' must be in [0, 1), got {t.augment.af_rate}")
     if t.augment.ectopic_p and t.augment.synthetic_ectopy <= 0:

@@ -435,6 +435,39 @@ def synthetic_block(rr, y, g: torch.Generator, p: float, local_beats: int = 10, 
     return (rr, sel, two) if doubled else (rr, sel)
 
 
+#: The steepest beat-to-beat change of :func:`synthetic_sinus_arrhythmia` (a share of the interval): sinus
+#: rate drifts, a premature beat jumps (synthetic_s shortens an interval by 15-45 %).
+SINUS_ARRHYTHMIA_MAX_STEP = 0.12
+
+
+def synthetic_sinus_arrhythmia(rr, y, g: torch.Generator, p: float, local_beats: int = 10,
+                               record_stat: str = "mean", local_stat: str = "mean", interval_stat: str = "raw"):
+    """Respiratory sinus arrhythmia on whole N-only sequences; labels unchanged.
+
+    The counterweight to "shorter than the usual interval means S": in sinus arrhythmia the
+    sinus rate swings with breathing, so in the fast phase every beat comes 10-30 % earlier than
+    the record's usual interval while each comes only a little earlier than the beat before it;
+    they are sinus beats (AAMI: N). This rewrites the RR series of a sequence as the patient's
+    interval ``m`` modulated by ``1 + a sin(phase)``, the phase advancing by ``2 pi m / P`` per
+    beat for a breathing period ``P ~ U(4, 10)`` s, with ``a ~ U(0.05, 0.25)`` capped so that no
+    step between neighbouring intervals exceeds :data:`SINUS_ARRHYTHMIA_MAX_STEP` of ``m``, every
+    interval jittered by 2 %. Local and record means are recomputed as in :func:`synthetic_ectopy`;
+    morphology is untouched. Returns the new RR tensor and the mask of sequences changed.
+    """
+    B, T = y.shape
+    sel = (y == 0).all(1) & (torch.rand(B, generator=g) < p)
+    for b in sel.nonzero()[:, 0].tolist():
+        U = lambda: float(torch.rand(1, generator=g))  # noqa: E731
+        m = float(rr[b, :, 0].median())
+        period = 4.0 + 6.0 * U()
+        step = 2 * math.pi * m / period                          # phase advance per beat
+        a = min(0.05 + 0.20 * U(), SINUS_ARRHYTHMIA_MAX_STEP / step)
+        phase = 2 * math.pi * U() + step * torch.arange(T + 1, dtype=rr.dtype)
+        iv = m * (1 + a * torch.sin(phase)) * (1 + 0.02 * torch.randn(T + 1, generator=g))
+        _set_intervals(rr, b, iv, local_beats, record_stat, local_stat=local_stat, interval_stat=interval_stat)
+    return rr, sel
+
+
 def ventricular_ectopy(W, y, sel, g: torch.Generator, q: float, pool: torch.Tensor, s_class: int = 1,
                        v_class: int = 2):
     """Turn the premature beats of some synthetic-ectopy sequences into ventricular ones.
@@ -660,6 +693,9 @@ def training_batch(fit: dict, names: list[str], tc, spec: dict, margin: int, g: 
                                              interval_stat=interval_stat)
         blocked[keep] = two
         keep[keep.clone()] = ~blk  # a synthetic S beat inside 2:1 block could sit at the sinus rate
+    if tc.augment.sinus_arrhythmia > 0:  # on N-only sequences no other RR rewrite took; synthetic_s may follow
+        rr[keep], _ = synthetic_sinus_arrhythmia(rr[keep], y[keep], g, tc.augment.sinus_arrhythmia, local_beats,
+                                                 record_stat, local_stat, interval_stat)
     if tc.augment.synthetic_s > 0:
         rr[keep], y[keep] = synthetic_s(rr[keep], y[keep], g, tc.augment.synthetic_s)
     if tc.augment.ventricular_shape > 0:
