@@ -142,9 +142,45 @@ def adapt_batchnorm(model, prep: dict, spec: dict):
     return m.eval()
 
 
+def tta_variants(spec: str | None) -> list[tuple[int, float]]:
+    """``--tta`` -> the ``(shift, gain)`` inputs each network's log-probabilities are averaged over.
+
+    ``None``: ``[(0, 1.0)]``, the input as it is. ``shift:S``: the beat windows cut ``S`` model
+    samples early, centred and late (``-S, 0, +S``); ``gain:G``: the signal scaled by ``1/G, 1, G``.
+    """
+    if spec is None:
+        return [(0, 1.0)]
+    kind, _, value = spec.partition(":")
+    try:
+        v = float(value)
+    except ValueError:
+        raise SystemExit(f"Error: --tta must be shift:SAMPLES or gain:FACTOR, got {spec!r}") from None
+    if kind == "shift" and v == int(v) and v > 0:
+        return [(-int(v), 1.0), (0, 1.0), (int(v), 1.0)]
+    if kind == "gain" and v > 1:
+        return [(0, 1 / v), (0, 1.0), (0, v)]
+    raise SystemExit(f"Error: --tta must be shift:SAMPLES (a positive integer) or gain:FACTOR (> 1), got {spec!r}")
+
+
+def tta_log_proba(model, record, peaks: np.ndarray, spec: dict, variants=((0, 1.0),)) -> np.ndarray:
+    """Mean log-probability per beat over the ``(shift, gain)`` input variants (:func:`tta_variants`).
+
+    A shift moves every window's cut by that many model samples (the peaks by the same time, so
+    the RR features are the same); a gain scales the windows and the median beat.
+    """
+    out = []
+    for shift, gain in variants:
+        prep = prepare_record(record, np.asarray(peaks) + shift * record.fs / spec["fs_hz"], spec)
+        if gain != 1.0:
+            prep = {k: (v * np.float32(gain) if k in ("W", "med", "W2", "med2") else v) for k, v in prep.items()}
+        out.append(predict_log_proba(model, prep, spec))
+    return out[0] if len(out) == 1 else np.mean(out, axis=0)
+
+
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
                        record_rr_stat: str | None = None, local_rr_stat: str | None = None,
-                       interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None):
+                       interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None,
+                       tta=((0, 1.0),)):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
@@ -172,8 +208,11 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
                 cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat,
                                                     interval_rr_stat, blocked_p_min_run)
             model, spec, _ = cache[m[rec]]
-            prep = prepare_record(r, peaks, spec)
-            lp = predict_log_proba(adapt_batchnorm(model, prep, spec) if adapt_bn else model, prep, spec)
+            if adapt_bn:
+                prep = prepare_record(r, peaks, spec)
+                lp = predict_log_proba(adapt_batchnorm(model, prep, spec), prep, spec)
+            else:
+                lp = tta_log_proba(model, r, peaks, spec, tta)
             out = np.full((labels.size, lp.shape[1]), np.nan)
             out[idx >= 0] = lp[idx[idx >= 0]]
             each[i].append(out)
@@ -240,11 +279,17 @@ def main(argv=None) -> None:
                     help="likewise for the pre- and post-RR (raw, atrial)")
     ap.add_argument("--blocked-p-min-run", type=int, default=None, metavar="N",
                     help="likewise for the run of consecutive intervals a blocked P wave is counted in")
+    ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
+                    help="average each network over input variants: windows cut S model samples early, centred "
+                         "and late, or the signal scaled by 1/G, 1, G (an inference-time probe)")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
+    tta = tta_variants(args.tta)
+    if args.adapt_bn and len(tta) > 1:
+        raise SystemExit("Error: --adapt-bn and --tta are separate probes; give one")
 
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
-                                        args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run)
+                                        args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))

@@ -65,12 +65,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats  # noqa: E402
-from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
 from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
 from ecgkit.train import P_ONSET_S  # noqa: E402
-from ensemble_cv import compositions, held_out_models, with_record_rr_stat  # noqa: E402
+from ensemble_cv import compositions, held_out_models, tta_log_proba, tta_variants, with_record_rr_stat  # noqa: E402
 
 MIN_S = 30
 
@@ -324,7 +323,10 @@ def main(argv=None) -> None:
                     help="likewise for the run of consecutive intervals a blocked P wave is counted in")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
+    ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
+                    help="average each network over input variants, as in ensemble_cv.py (an inference-time probe)")
     args = ap.parse_args(argv)
+    tta = tta_variants(args.tta)
 
     if bool(args.runs) == bool(args.model):
         raise SystemExit("Error: give kfold run directories or --model, not both or neither")
@@ -353,7 +355,7 @@ def main(argv=None) -> None:
                                                                  args.local_rr_stat, args.interval_rr_stat,
                                                                  args.blocked_p_min_run)
             model, spec, _ = models[m[rec_name]]
-            lps.append(predict_log_proba(model, prepare_record(r, p, spec), spec))
+            lps.append(tta_log_proba(model, r, p, spec, tta))
         return np.mean(lps, 0).argmax(1), lps
 
     for rec_name in records:
