@@ -132,3 +132,39 @@ def test_block_rhythm_alternates_conduction_stretches_of_n_beats(rs, rec209):
     edges = np.flatnonzero(b[1:] != b[:-1])
     assert len(edges) >= 10 and np.diff(edges).min() >= 20   # stretches of 20 beats or more
     assert 0.25 < b.mean() < 0.6
+
+
+def test_test_time_variants_average_shifted_and_scaled_inputs(rec209):
+    """ensemble_cv's --tta: one variant is the plain prediction; three are the mean of the three inputs' log-probs."""
+    import dataclasses
+
+    from ecgkit.inference import predict_log_proba, prepare_record
+    from ecgkit.models import load_any_model
+
+    spec_mod = importlib.util.spec_from_file_location(
+        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    ecv = importlib.util.module_from_spec(spec_mod)
+    spec_mod.loader.exec_module(ecv)
+    assert ecv.tta_variants(None) == [(0, 1.0)]
+    assert ecv.tta_variants("shift:3") == [(-3, 1.0), (0, 1.0), (3, 1.0)]
+    assert ecv.tta_variants("gain:1.25") == [(0, 0.8), (0, 1.0), (0, 1.25)]
+    for bad in ("shift:0", "shift:1.5", "gain:0.9", "crop:3", "shift:x"):
+        with pytest.raises(SystemExit, match="--tta must be"):
+            ecv.tta_variants(bad)
+    rec, peaks, _ = rec209
+    n = int(120 * rec.fs)
+    rec = dataclasses.replace(rec, signal=rec.signal[:n], others={k: v[:n] for k, v in rec.others.items()})
+    peaks = peaks[(peaks > 60) & (peaks < n - 60)]
+    model, spec, _ = load_any_model("transnet")
+    plain = predict_log_proba(model, prepare_record(rec, peaks, spec), spec)
+    np.testing.assert_array_equal(ecv.tta_log_proba(model, rec, peaks, spec), plain)
+    step = rec.fs / spec["fs_hz"]
+    parts = [predict_log_proba(model, prepare_record(rec, peaks + s * step, spec), spec) for s in (-3, 0, 3)]
+    shifted = ecv.tta_log_proba(model, rec, peaks, spec, ecv.tta_variants("shift:3"))
+    np.testing.assert_allclose(shifted, np.mean(parts, 0), rtol=1e-6)
+    assert not np.allclose(parts[0], parts[1])                      # the shift does change the input
+    scaled = ecv.tta_log_proba(model, rec, peaks, spec, [(0, 2.0)])
+    prep = prepare_record(rec, peaks, spec)
+    doubled = {**prep, "W": prep["W"] * 2, "med": prep["med"] * 2}
+    np.testing.assert_allclose(scaled, predict_log_proba(model, doubled, spec), rtol=1e-6)
+    assert (np.mean(np.argmax(shifted, 1) == np.argmax(plain, 1))) > 0.95
