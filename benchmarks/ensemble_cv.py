@@ -24,6 +24,12 @@ recipe (a run's recipe is its directory name without a trailing ``_s<seed>``: ``
 is ``ema``), one row each, and the mean of each figure over those compositions: how a mixed
 ensemble does whichever seeds it gets. ``--per-record`` adds the ensemble's per-record counts
 (S beats found, false S from N and from V beats, V beats found, false V).
+
+``--record-prior POWER`` (twenty-fourth release, a probe: ``examples/ablations/record_prior.md``)
+re-weights each record's posteriors to that record's own class prior, estimated from its
+unlabelled beats by EM (Saerens et al. 2002), against the prior each ensemble was fitted to (its
+mean posterior over its own training records, which this measures: about three times the
+inference). ``--prior-pseudo BEATS`` shrinks the record's estimate towards that source prior.
 """
 
 from __future__ import annotations
@@ -251,6 +257,81 @@ def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = Non
     return model, spec, meta
 
 
+def normalise(log_probs: np.ndarray) -> np.ndarray:
+    """Rows of (mean) log-probabilities renormalised to log-posteriors (NaN rows stay NaN)."""
+    m = np.nanmax(log_probs, axis=1, keepdims=True)
+    return log_probs - (m + np.log(np.exp(log_probs - m).sum(1, keepdims=True)))
+
+
+def record_prior_em(log_probs: np.ndarray, log_src: np.ndarray, power: float = 1.0, pseudo: float = 0.0,
+                    rounds: int = 100, tol: float = 1e-6, min_src: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One record's log-posteriors re-weighted to its own class prior, estimated by EM (Saerens 2002).
+
+    ``log_probs`` (n, C): the classifier's (mean) log-probabilities of the record's beats, NaN rows
+    for missed beats; ``log_src`` (C,): the log class prior the classifier was fitted to. Each round
+    sets ``q'(c|x) ∝ q(c|x) (pi(c) / pi_src(c)) ** power`` and ``pi`` to the mean of ``q'`` over the
+    beats, shrunk towards ``pi_src`` by ``pseudo`` beats' worth; returns ``(log q', pi)``. A class
+    whose source prior is under ``min_src`` keeps it (EM runs away to a class with almost no
+    evidence); the others share the rest in proportion to their estimates.
+    """
+    ok = ~np.isnan(log_probs).all(1)
+    z = normalise(log_probs[ok])
+    src = np.exp(log_src)
+    held = src < min_src
+    pi = src.copy()
+    for _ in range(rounds):
+        a = normalise(z + power * (np.log(np.maximum(pi, 1e-300)) - log_src))
+        new = (np.exp(a).sum(0) + pseudo * src) / (len(a) + pseudo)
+        new[~held] *= (1 - src[held].sum()) / new[~held].sum()
+        new[held] = src[held]
+        done = np.abs(new - pi).max() < tol
+        pi = new
+        if done:
+            break
+    out = np.full(log_probs.shape, np.nan)
+    out[ok] = normalise(z + power * (np.log(np.maximum(pi, 1e-300)) - log_src))
+    return out, pi
+
+
+class SourcePriors:
+    """The class prior each fold model or ensemble was fitted to: its mean posterior over its own
+    training records (reference beats), measured once per checkpoint and cached."""
+
+    def __init__(self, data=None, load=None):
+        self.data, self.lps = data, {}
+        self.load = load or (lambda ck: load_any_model(ck))
+
+    def training_log_probs(self, ck: str) -> np.ndarray:
+        if ck not in self.lps:
+            train = sorted(json.loads(read_checkpoint(ck)["config"])["data"]["train"])
+            model, spec, _ = self.load(ck)
+            detector = create("segmenters", "reference")
+            out = []
+            for path in resolve_records(train, self.data):
+                r = read_record(path)
+                out.append(predict_log_proba(model, prepare_record(r, detect_beats(detector, r), spec), spec))
+            self.lps[ck] = np.concatenate(out)
+        return self.lps[ck]
+
+    def log_prior(self, cks) -> np.ndarray:
+        """Log of the mean ensemble posterior of ``cks`` (checkpoints with the same training records)."""
+        lps = [self.training_log_probs(ck) for ck in cks]
+        if len({lp.shape for lp in lps}) > 1:
+            raise SystemExit("Error: --record-prior needs ensemble members fitted to the same records")
+        return np.log(np.exp(normalise(np.mean(lps, 0))).mean(0))
+
+
+def adapt_by_record(log_probs: np.ndarray, records: np.ndarray, members: dict, priors: SourcePriors,
+                    power: float, pseudo: float = 0.0, min_src: float = 0.0) -> np.ndarray:
+    """:func:`record_prior_em` applied record by record; ``members``: record -> its checkpoints."""
+    out = np.empty_like(log_probs)
+    for rec in np.unique(records):
+        sel = records == rec
+        out[sel] = record_prior_em(log_probs[sel], priors.log_prior(members[rec]), power, pseudo,
+                                   min_src=min_src)[0]
+    return out
+
+
 def decide(log_probs: np.ndarray) -> np.ndarray:
     """Class per beat (argmax); a beat with no detection (NaN row) is ``MISSED``."""
     pred = np.nan_to_num(log_probs, nan=-np.inf).argmax(1)
@@ -282,14 +363,34 @@ def main(argv=None) -> None:
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
                     help="average each network over input variants: windows cut S model samples early, centred "
                          "and late, or the signal scaled by 1/G, 1, G (an inference-time probe)")
+    ap.add_argument("--record-prior", type=float, default=None, metavar="POWER",
+                    help="re-weight each record's posteriors to its own class prior, estimated by EM from its "
+                         "unlabelled beats, at this strength (an inference-time probe)")
+    ap.add_argument("--prior-pseudo", type=float, default=0.0, metavar="BEATS",
+                    help="with --record-prior: shrink each record's prior towards the source prior by this many beats")
+    ap.add_argument("--prior-min-src", type=float, default=0.0, metavar="P",
+                    help="with --record-prior: a class whose source prior is under P keeps it")
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
     tta = tta_variants(args.tta)
     if args.adapt_bn and len(tta) > 1:
         raise SystemExit("Error: --adapt-bn and --tta are separate probes; give one")
 
+    if args.record_prior is not None and (args.compose or args.adapt_bn or len(tta) > 1 or args.record_rr_stat
+                                          or args.local_rr_stat or args.interval_rr_stat or args.blocked_p_min_run):
+        raise SystemExit("Error: --record-prior is a probe of its own; give it without --compose, --adapt-bn, "
+                         "--tta or the RR-stat options")
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
                                         args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta)
+    mean_lp = np.mean(each, axis=0)
+    if args.record_prior is not None:
+        maps = [held_out_models(r, args.checkpoint) for r in args.runs]
+        priors = SourcePriors(args.data)
+        recs = np.unique(rr)
+        each = [adapt_by_record(lp, rr, {r: (m[r],) for r in recs}, priors, args.record_prior, args.prior_pseudo,
+                                args.prior_min_src) for lp, m in zip(each, maps)]
+        mean_lp = adapt_by_record(mean_lp, rr, {r: tuple(m[r] for m in maps) for r in recs}, priors,
+                                  args.record_prior, args.prior_pseudo, args.prior_min_src)
 
     def row(name, lp):
         return report_row(name, ec57_report(y, decide(lp), rr))
@@ -299,7 +400,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|")
     for run, lp in zip(args.runs, each):
         print(row(Path(run).name, lp))
-    print(row(f"**ensemble of {len(each)}** (mean log-probability)", np.mean(each, axis=0)))
+    print(row(f"**ensemble of {len(each)}** (mean log-probability)", mean_lp))
     for spec, comps in specs:
         print(f"\nEnsembles drawing {spec} ({len(comps)} compositions):\n")
         print("| members | acc | SVEB Se / +P / F1 | VEB Se / +P / F1 | jk |")
@@ -312,7 +413,7 @@ def main(argv=None) -> None:
         print(figures_row(f"**mean of {len(comps)} compositions**", np.mean(figs, axis=0)))
     if args.per_record:
         print(f"\nPer record, ensemble of {len(each)}:\n")
-        print("\n".join(per_record_table(y, decide(np.mean(each, axis=0)), rr)))
+        print("\n".join(per_record_table(y, decide(mean_lp), rr)))
 
 
 if __name__ == "__main__":

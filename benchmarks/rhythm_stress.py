@@ -69,7 +69,8 @@ from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
 from ecgkit.train import P_ONSET_S  # noqa: E402
-from ensemble_cv import compositions, held_out_models, tta_log_proba, tta_variants, with_record_rr_stat  # noqa: E402
+from ensemble_cv import (SourcePriors, compositions, held_out_models, record_prior_em, tta_log_proba,  # noqa: E402
+                         tta_variants, with_record_rr_stat)
 
 MIN_S = 30
 
@@ -325,8 +326,18 @@ def main(argv=None) -> None:
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
                     help="average each network over input variants, as in ensemble_cv.py (an inference-time probe)")
+    ap.add_argument("--record-prior", type=float, default=None, metavar="POWER",
+                    help="re-weight each (synthetic) record's posteriors to its own class prior, estimated by EM, "
+                         "as in ensemble_cv.py (an inference-time probe)")
+    ap.add_argument("--prior-pseudo", type=float, default=0.0, metavar="BEATS",
+                    help="with --record-prior: shrink each record's prior towards the source prior by this many beats")
+    ap.add_argument("--prior-min-src", type=float, default=0.0, metavar="P",
+                    help="with --record-prior: a class whose source prior is under P keeps it")
     args = ap.parse_args(argv)
     tta = tta_variants(args.tta)
+    if args.record_prior is not None and (args.model or args.compose or len(tta) > 1):
+        raise SystemExit("Error: --record-prior takes kfold run directories, without --model, --compose or --tta")
+    priors = SourcePriors(args.data)
 
     if bool(args.runs) == bool(args.model):
         raise SystemExit("Error: give kfold run directories or --model, not both or neither")
@@ -356,6 +367,14 @@ def main(argv=None) -> None:
                                                                  args.blocked_p_min_run)
             model, spec, _ = models[m[rec_name]]
             lps.append(tta_log_proba(model, r, p, spec, tta))
+        if args.record_prior is not None:
+            cks = [m[rec_name] for m in maps]
+            ens = record_prior_em(np.mean(lps, 0), priors.log_prior(cks), args.record_prior, args.prior_pseudo,
+                                  min_src=args.prior_min_src)[0]
+            lps = [record_prior_em(lp, priors.log_prior((ck,)), args.record_prior, args.prior_pseudo,
+                                   min_src=args.prior_min_src)[0]
+                   for lp, ck in zip(lps, cks)]
+            return ens.argmax(1), lps
         return np.mean(lps, 0).argmax(1), lps
 
     for rec_name in records:

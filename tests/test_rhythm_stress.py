@@ -168,3 +168,38 @@ def test_test_time_variants_average_shifted_and_scaled_inputs(rec209):
     doubled = {**prep, "W": prep["W"] * 2, "med": prep["med"] * 2}
     np.testing.assert_allclose(scaled, predict_log_proba(model, doubled, spec), rtol=1e-6)
     assert (np.mean(np.argmax(shifted, 1) == np.argmax(plain, 1))) > 0.95
+
+
+def test_record_prior_em_recovers_a_known_class_mix():
+    """ensemble_cv's --record-prior: on calibrated posteriors, EM finds the record's own class mix.
+
+    Two Gaussian classes (means -1 and +1, unit variance) whose exact posteriors under an equal
+    prior are known; the record holds 10 % of class 1. Full EM must recover about 0.10, MAP-EM
+    with as many pseudo-beats as beats must land half way in log-odds terms (between 0.10 and
+    0.5), a held class must keep its source prior, and missed beats (NaN rows) stay NaN.
+    """
+    spec_mod = importlib.util.spec_from_file_location(
+        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    ecv = importlib.util.module_from_spec(spec_mod)
+    spec_mod.loader.exec_module(ecv)
+    rng = np.random.default_rng(0)
+    n = 20000
+    y = (rng.random(n) < 0.1).astype(int)
+    x = np.where(y == 1, 1.0, -1.0) + rng.normal(size=n)
+    lp = np.stack([-np.logaddexp(0, 2 * x), -np.logaddexp(0, -2 * x)], 1)  # exact log-posteriors, equal prior
+    src = np.log([0.5, 0.5])
+    out, pi = ecv.record_prior_em(lp, src)
+    assert abs(pi[1] - y.mean()) < 0.01
+    assert (out.argmax(1) == y).mean() > (lp.argmax(1) == y).mean() + 0.02   # the adjusted decision is better
+    np.testing.assert_allclose(np.exp(out).sum(1), 1, rtol=1e-9)
+    _, shrunk = ecv.record_prior_em(lp, src, pseudo=n)
+    assert pi[1] + 0.1 < shrunk[1] < 0.45
+    lp3 = np.concatenate([lp + np.log(0.99), np.full((n, 1), np.log(0.01))], 1)    # a third class, 1 % everywhere
+    src3 = np.log([0.499, 0.499, 0.002])
+    _, free = ecv.record_prior_em(lp3, src3)
+    _, held = ecv.record_prior_em(lp3, src3, min_src=0.005)
+    assert free[2] > 0.01                       # unheld, EM pulls the rare class far above its source prior
+    assert held[2] == pytest.approx(0.002) and abs(held[1] - y.mean()) < 0.01
+    lp[:5] = np.nan
+    out, _ = ecv.record_prior_em(lp, src)
+    assert np.isnan(out[:5]).all() and not np.isnan(out[5:]).any()
