@@ -788,3 +788,30 @@ def test_class_weights_from_augmented_labels_count_synthetic_s_and_leave_trainin
 def test_class_weight_labels_is_validated(tiny_config):
     with pytest.raises(ConfigError, match="class_weight_labels"):
         load_config(tiny_config(train={**TINY["train"], "class_weight_labels": "synthetic"}))
+
+
+def test_prev_rr_reads_the_step_from_the_interval_before():
+    """transnet prev_rr=True: one more input, log(pre-RR / the previous beat's pre-RR), 0 for the first beat.
+
+    A steady rhythm gives every beat a step of 0, so that input column cannot matter there; an abrupt
+    premature beat gives it a negative step (and the beat after it a positive one), so it does.
+    """
+    from ecgkit.registry import create
+    from ecgkit_transnet.model import ContextFeatures
+
+    rr = torch.tensor([[[0.8, 0.8, 0.8, 0.8], [0.8, 0.5, 0.8, 0.8], [0.5, 1.1, 0.8, 0.8], [1.1, 0.8, 0.8, 0.8]]])
+    step = ContextFeatures.step_feature(rr)[0, :, 0]
+    torch.testing.assert_close(step, torch.log(torch.tensor([1.0, 1.0, 0.5 / 0.8, 1.1 / 0.5])))
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 2, 144)
+    kw = dict(d_model=32, n_layers=1, block_channels=[16, 16])
+    base = create("encoders", "transnet", **kw)
+    m = create("encoders", "transnet", prev_rr=True, **kw)
+    assert m.ctx_embed.mlp[0].in_features == base.ctx_embed.mlp[0].in_features + 1
+    m.eval()
+    steady = torch.full((1, 4, 4), 0.8)
+    with torch.no_grad():
+        a_steady, a_abrupt = m(x, steady), m(x, rr)
+        m.ctx_embed.mlp[0].weight[:, -1] = 0.0            # the step's input column, last
+        assert torch.allclose(m(x, steady), a_steady, atol=1e-6)
+        assert not torch.allclose(m(x, rr), a_abrupt, atol=1e-4)

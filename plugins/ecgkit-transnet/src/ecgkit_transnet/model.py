@@ -80,6 +80,11 @@ class TransNetConfig:
     absolute_rr: bool = False            # also feed log(local mean RR / 1 s): the local heart rate itself, which
                                          # separates 1:1 conduction after 2:1 AV block (normal rate after a slow
                                          # one) from an ectopic run (a fast rate after a normal one)
+    prev_rr: bool = False                # also feed log(pre-RR / the previous beat's pre-RR): how abruptly the
+                                         # beat came, against the interval just before it. A PAC comes abruptly;
+                                         # the fast phase of sinus arrhythmia comes in step (0.94-0.99 of the
+                                         # interval before), though both are short against the local and record
+                                         # means. Read within the model's sequence (0 for its first beat).
     record_rr: bool = True               # the three RR ratios to the record mean (pre, post, local mean vs record);
                                          # False = prematurity against the local rhythm only (log pre/local,
                                          # post/local, post/pre): a stretch at a steady rate looks sinus however
@@ -179,7 +184,8 @@ class ContextFeatures(nn.Module):
     ``absolute_rr`` (off by default) one more scalar, the log local mean RR in seconds: rate ratios alone
     cannot tell 1:1 conduction returning after 2:1 AV block (N) from a run of ectopic beats (S). With
     ``record_rr`` off, the three ratios to the record mean are dropped (3 RR scalars): prematurity is then
-    judged against the local rhythm only.
+    judged against the local rhythm only. With ``prev_rr`` (off by default) one more scalar, the log of the
+    pre-RR against the previous beat's pre-RR: an abrupt premature beat against one in step with the beat before.
     Morphology part (5, when the median channel is present): similarity of the beat to the record's median beat
     (median = channel0 - channel1), over the whole window, the QRS and the P-wave region, plus energy ratios.
     These are exactly the cues of the classic "premature AND normal-looking -> S" rule, given explicitly so the
@@ -201,7 +207,8 @@ class ContextFeatures(nn.Module):
         self.absolute_rr = cfg.absolute_rr
         self.record_rr = cfg.record_rr
         self.n_rr = 6 if self.record_rr else 3
-        n_in = self.n_rr + int(self.absolute_rr) + self.n_morph * len(self.pairs)
+        self.prev_rr = cfg.prev_rr
+        n_in = self.n_rr + int(self.absolute_rr) + int(self.prev_rr) + self.n_morph * len(self.pairs)
         fs, b = cfg.fs_hz, cfg.before
         self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
         self.pw = slice(max(0, b - round(0.30 * fs)), max(1, b - round(0.08 * fs)))  # P wave / PR segment
@@ -253,7 +260,16 @@ class ContextFeatures(nn.Module):
         f = [r if self.record_rr else r[..., list(self.LOCAL_RR)]] + [self.morph_features(windows, i, j) for i, j in self.pairs]
         if self.absolute_rr:  # local rate in seconds, log-scaled: 0 at 60 bpm
             f.append(torch.log(rr[..., 2:3].clamp_min(1e-2)).clamp(-3.0, 3.0))
+        if self.prev_rr:      # pre-RR against the previous beat's pre-RR, 0 for the sequence's first beat
+            f.append(self.step_feature(rr))
         return self.mlp(torch.cat(f, dim=-1))
+
+    @staticmethod
+    def step_feature(rr: Tensor) -> Tensor:  # (B, T, 4) seconds -> (B, T, 1)
+        """log(pre-RR / the previous beat's pre-RR), clamped to +-3; 0 for the first beat of the sequence."""
+        pre = rr[..., 0].clamp_min(1e-2)
+        prev = torch.cat([pre[:, :1], pre[:, :-1]], dim=1)
+        return torch.log(pre / prev).clamp(-3.0, 3.0)[..., None]
 
 
 # ----------------------------------------------------------------------------------------------------------
