@@ -815,3 +815,27 @@ def test_prev_rr_reads_the_step_from_the_interval_before():
         m.ctx_embed.mlp[0].weight[:, -1] = 0.0            # the step's input column, last
         assert torch.allclose(m(x, steady), a_steady, atol=1e-6)
         assert not torch.allclose(m(x, rr), a_abrupt, atol=1e-4)
+
+
+def test_rr_irregularity_separates_fibrillation_from_isolated_ectopy():
+    """transnet rr_irregularity=True: the median |step| over ten beats is high in an irregular rhythm, stays at
+    the sinus level when one beat in ten is premature (two large steps of ten), and adds one input."""
+    from ecgkit.registry import create
+    from ecgkit_transnet.model import ContextFeatures
+
+    def feature(pre):
+        pre = torch.tensor(pre, dtype=torch.float32)
+        return ContextFeatures.irregularity_feature(pre[None, :, None].expand(1, -1, 4).contiguous())[0, :, 0]
+
+    g = torch.Generator().manual_seed(0)
+    sinus = [0.8] * 40
+    ectopy = [0.8] * 40
+    for i in range(5, 40, 10):
+        ectopy[i], ectopy[i + 1] = 0.5, 1.1               # a PAC and its pause
+    af = (0.7 * torch.exp(0.25 * torch.randn(40, generator=g))).tolist()
+    s, e, a = feature(sinus), feature(ectopy), feature(af)
+    assert torch.allclose(s, e)                            # isolated ectopy leaves the median at the sinus level
+    assert (a[10:] > s[10:] + 1.5).all()                   # AF is far above it (log scale)
+    kw = dict(d_model=32, n_layers=1, block_channels=[16, 16], prev_rr=True)
+    assert (create("encoders", "transnet", rr_irregularity=True, **kw).ctx_embed.mlp[0].in_features
+            == create("encoders", "transnet", **kw).ctx_embed.mlp[0].in_features + 1)

@@ -85,6 +85,11 @@ class TransNetConfig:
                                          # the fast phase of sinus arrhythmia comes in step (0.94-0.99 of the
                                          # interval before), though both are short against the local and record
                                          # means. Read within the model's sequence (0 for its first beat).
+    rr_irregularity: bool = False        # also feed the local irregularity: the median over the last 10 beats of
+                                         # |log(pre-RR / previous pre-RR)| (log-scaled), read within the sequence.
+                                         # Atrial fibrillation is irregular beat after beat, sinus rhythm is not, and
+                                         # a few premature beats do not move a median: with prev_rr, an abrupt beat
+                                         # in an irregular rhythm need not be ectopic
     record_rr: bool = True               # the three RR ratios to the record mean (pre, post, local mean vs record);
                                          # False = prematurity against the local rhythm only (log pre/local,
                                          # post/local, post/pre): a stretch at a steady rate looks sinus however
@@ -208,7 +213,9 @@ class ContextFeatures(nn.Module):
         self.record_rr = cfg.record_rr
         self.n_rr = 6 if self.record_rr else 3
         self.prev_rr = cfg.prev_rr
-        n_in = self.n_rr + int(self.absolute_rr) + int(self.prev_rr) + self.n_morph * len(self.pairs)
+        self.rr_irregularity = cfg.rr_irregularity
+        n_in = (self.n_rr + int(self.absolute_rr) + int(self.prev_rr) + int(self.rr_irregularity)
+                + self.n_morph * len(self.pairs))
         fs, b = cfg.fs_hz, cfg.before
         self.qrs = slice(max(0, b - round(0.08 * fs)), b + round(0.08 * fs))   # R +- 80 ms
         self.pw = slice(max(0, b - round(0.30 * fs)), max(1, b - round(0.08 * fs)))  # P wave / PR segment
@@ -262,6 +269,8 @@ class ContextFeatures(nn.Module):
             f.append(torch.log(rr[..., 2:3].clamp_min(1e-2)).clamp(-3.0, 3.0))
         if self.prev_rr:      # pre-RR against the previous beat's pre-RR, 0 for the sequence's first beat
             f.append(self.step_feature(rr))
+        if self.rr_irregularity:
+            f.append(self.irregularity_feature(rr))
         return self.mlp(torch.cat(f, dim=-1))
 
     @staticmethod
@@ -270,6 +279,18 @@ class ContextFeatures(nn.Module):
         pre = rr[..., 0].clamp_min(1e-2)
         prev = torch.cat([pre[:, :1], pre[:, :-1]], dim=1)
         return torch.log(pre / prev).clamp(-3.0, 3.0)[..., None]
+
+    IRREGULARITY_BEATS = 10
+
+    @classmethod
+    def irregularity_feature(cls, rr: Tensor) -> Tensor:  # (B, T, 4) seconds -> (B, T, 1)
+        """log(0.01 + median over the last 10 beats of |step|), step as :meth:`step_feature`; the sequence's
+        first beats use the steps they have (the first beat's step is 0)."""
+        step = cls.step_feature(rr)[..., 0].abs()                     # (B, T)
+        k = cls.IRREGULARITY_BEATS
+        padded = torch.cat([step[:, :1].expand(-1, k - 1), step], dim=1)  # (B, T + k - 1)
+        med = padded.unfold(1, k, 1).median(-1).values                 # (B, T)
+        return torch.log(0.01 + med).clamp(-5.0, 3.0)[..., None]
 
 
 # ----------------------------------------------------------------------------------------------------------
