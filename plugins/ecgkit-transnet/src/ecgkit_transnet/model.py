@@ -191,6 +191,8 @@ class ContextFeatures(nn.Module):
     ``record_rr`` off, the three ratios to the record mean are dropped (3 RR scalars): prematurity is then
     judged against the local rhythm only. With ``prev_rr`` (off by default) one more scalar, the log of the
     pre-RR against the previous beat's pre-RR: an abrupt premature beat against one in step with the beat before.
+    With ``rr_irregularity`` (off by default) another, the log median size of that step over the last ten beats:
+    high in atrial fibrillation, at the sinus level when one beat in ten is premature.
     Morphology part (5, when the median channel is present): similarity of the beat to the record's median beat
     (median = channel0 - channel1), over the whole window, the QRS and the P-wave region, plus energy ratios.
     These are exactly the cues of the classic "premature AND normal-looking -> S" rule, given explicitly so the
