@@ -332,6 +332,17 @@ def adapt_by_record(log_probs: np.ndarray, records: np.ndarray, members: dict, p
     return out
 
 
+def add_record_prior_args(ap: argparse.ArgumentParser) -> None:
+    """The ``--record-prior`` probe's options (here and in ``rhythm_stress.py``)."""
+    ap.add_argument("--record-prior", type=float, default=None, metavar="POWER",
+                    help="re-weight each record's posteriors to its own class prior, estimated by EM from its "
+                         "unlabelled beats, at this strength (an inference-time probe)")
+    ap.add_argument("--prior-pseudo", type=float, default=0.0, metavar="BEATS",
+                    help="with --record-prior: shrink each record's prior towards the source prior by this many beats")
+    ap.add_argument("--prior-min-src", type=float, default=0.0, metavar="P",
+                    help="with --record-prior: a class whose source prior is under P keeps it")
+
+
 def decide(log_probs: np.ndarray) -> np.ndarray:
     """Class per beat (argmax); a beat with no detection (NaN row) is ``MISSED``."""
     pred = np.nan_to_num(log_probs, nan=-np.inf).argmax(1)
@@ -363,13 +374,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
                     help="average each network over input variants: windows cut S model samples early, centred "
                          "and late, or the signal scaled by 1/G, 1, G (an inference-time probe)")
-    ap.add_argument("--record-prior", type=float, default=None, metavar="POWER",
-                    help="re-weight each record's posteriors to its own class prior, estimated by EM from its "
-                         "unlabelled beats, at this strength (an inference-time probe)")
-    ap.add_argument("--prior-pseudo", type=float, default=0.0, metavar="BEATS",
-                    help="with --record-prior: shrink each record's prior towards the source prior by this many beats")
-    ap.add_argument("--prior-min-src", type=float, default=0.0, metavar="P",
-                    help="with --record-prior: a class whose source prior is under P keeps it")
+    add_record_prior_args(ap)
     args = ap.parse_args(argv)
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
     tta = tta_variants(args.tta)

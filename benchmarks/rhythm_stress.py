@@ -69,8 +69,8 @@ from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
 from ecgkit.train import P_ONSET_S  # noqa: E402
-from ensemble_cv import (SourcePriors, compositions, held_out_models, record_prior_em, tta_log_proba,  # noqa: E402
-                         tta_variants, with_record_rr_stat)
+from ensemble_cv import (SourcePriors, add_record_prior_args, compositions, held_out_models,  # noqa: E402
+                         record_prior_em, tta_log_proba, tta_variants, with_record_rr_stat)
 
 MIN_S = 30
 
@@ -326,13 +326,7 @@ def main(argv=None) -> None:
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
                     help="average each network over input variants, as in ensemble_cv.py (an inference-time probe)")
-    ap.add_argument("--record-prior", type=float, default=None, metavar="POWER",
-                    help="re-weight each (synthetic) record's posteriors to its own class prior, estimated by EM, "
-                         "as in ensemble_cv.py (an inference-time probe)")
-    ap.add_argument("--prior-pseudo", type=float, default=0.0, metavar="BEATS",
-                    help="with --record-prior: shrink each record's prior towards the source prior by this many beats")
-    ap.add_argument("--prior-min-src", type=float, default=0.0, metavar="P",
-                    help="with --record-prior: a class whose source prior is under P keeps it")
+    add_record_prior_args(ap)   # each (synthetic) record re-weighted to its own class prior, as in ensemble_cv.py
     args = ap.parse_args(argv)
     tta = tta_variants(args.tta)
     if args.record_prior is not None and (args.model or args.compose or len(tta) > 1):
