@@ -259,8 +259,9 @@ def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = Non
 
 def normalise(log_probs: np.ndarray) -> np.ndarray:
     """Rows of (mean) log-probabilities renormalised to log-posteriors (NaN rows stay NaN)."""
-    m = np.nanmax(log_probs, axis=1, keepdims=True)
-    return log_probs - (m + np.log(np.exp(log_probs - m).sum(1, keepdims=True)))
+    from scipy.special import logsumexp
+
+    return log_probs - logsumexp(log_probs, axis=1, keepdims=True)
 
 
 def record_prior_em(log_probs: np.ndarray, log_src: np.ndarray, power: float = 1.0, pseudo: float = 0.0,
@@ -297,14 +298,13 @@ class SourcePriors:
     """The class prior each fold model or ensemble was fitted to: its mean posterior over its own
     training records (reference beats), measured once per checkpoint and cached."""
 
-    def __init__(self, data=None, load=None):
+    def __init__(self, data=None):
         self.data, self.lps = data, {}
-        self.load = load or (lambda ck: load_any_model(ck))
 
     def training_log_probs(self, ck: str) -> np.ndarray:
         if ck not in self.lps:
             train = sorted(json.loads(read_checkpoint(ck)["config"])["data"]["train"])
-            model, spec, _ = self.load(ck)
+            model, spec, _ = load_any_model(ck)
             detector = create("segmenters", "reference")
             out = []
             for path in resolve_records(train, self.data):

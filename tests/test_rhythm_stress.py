@@ -27,6 +27,16 @@ def rs():
 
 
 @pytest.fixture(scope="module")
+def ecv():
+    """benchmarks/ensemble_cv.py as a module (its --tta and --record-prior probes)."""
+    spec = importlib.util.spec_from_file_location(
+        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
 def rec209(data_dir):
     rec = read_record(data_dir / "209")
     peaks, cls = reference_beats(*read_annotations(rec.path, "atr"))
@@ -134,17 +144,13 @@ def test_block_rhythm_alternates_conduction_stretches_of_n_beats(rs, rec209):
     assert 0.25 < b.mean() < 0.6
 
 
-def test_test_time_variants_average_shifted_and_scaled_inputs(rec209):
+def test_test_time_variants_average_shifted_and_scaled_inputs(ecv, rec209):
     """ensemble_cv's --tta: one variant is the plain prediction; three are the mean of the three inputs' log-probs."""
     import dataclasses
 
     from ecgkit.inference import predict_log_proba, prepare_record
     from ecgkit.models import load_any_model
 
-    spec_mod = importlib.util.spec_from_file_location(
-        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    ecv = importlib.util.module_from_spec(spec_mod)
-    spec_mod.loader.exec_module(ecv)
     assert ecv.tta_variants(None) == [(0, 1.0)]
     assert ecv.tta_variants("shift:3") == [(-3, 1.0), (0, 1.0), (3, 1.0)]
     assert ecv.tta_variants("gain:1.25") == [(0, 0.8), (0, 1.0), (0, 1.25)]
@@ -170,7 +176,7 @@ def test_test_time_variants_average_shifted_and_scaled_inputs(rec209):
     assert (np.mean(np.argmax(shifted, 1) == np.argmax(plain, 1))) > 0.95
 
 
-def test_record_prior_em_recovers_a_known_class_mix():
+def test_record_prior_em_recovers_a_known_class_mix(ecv):
     """ensemble_cv's --record-prior: on calibrated posteriors, EM finds the record's own class mix.
 
     Two Gaussian classes (means -1 and +1, unit variance) whose exact posteriors under an equal
@@ -178,10 +184,6 @@ def test_record_prior_em_recovers_a_known_class_mix():
     with as many pseudo-beats as beats must land half way in log-odds terms (between 0.10 and
     0.5), a held class must keep its source prior, and missed beats (NaN rows) stay NaN.
     """
-    spec_mod = importlib.util.spec_from_file_location(
-        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    ecv = importlib.util.module_from_spec(spec_mod)
-    spec_mod.loader.exec_module(ecv)
     rng = np.random.default_rng(0)
     n = 20000
     y = (rng.random(n) < 0.1).astype(int)
