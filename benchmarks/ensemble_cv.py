@@ -25,6 +25,10 @@ is ``ema``), one row each, and the mean of each figure over those compositions: 
 ensemble does whichever seeds it gets. ``--per-record`` adds the ensemble's per-record counts
 (S beats found, false S from N and from V beats, V beats found, false V).
 
+``--segmenter pan-tompkins`` classifies the detector's beats instead of the reference beats, as
+``ecgkit evaluate --segmenter pan-tompkins`` does on the test split: the held-out end-to-end figures
+(reference beats the detector missed count as errors of their class).
+
 ``--record-prior POWER`` (twenty-fourth release, a probe: ``examples/ablations/record_prior.md``)
 re-weights each record's posteriors to that record's own class prior, estimated from its
 unlabelled beats by EM (Saerens et al. 2002), against the prior each ensemble was fitted to (its
@@ -186,7 +190,7 @@ def tta_log_proba(model, record, peaks: np.ndarray, spec: dict, variants=((0, 1.
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
                        record_rr_stat: str | None = None, local_rr_stat: str | None = None,
                        interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None,
-                       tta=((0, 1.0),)):
+                       tta=((0, 1.0),), segmenter: str = "reference"):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
@@ -202,7 +206,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
     records = sorted(set(maps[0]).intersection(*maps[1:]))
     paths = dict(zip(records, resolve_records(records, data)))
     cache: dict[str, tuple] = {}
-    detector = create("segmenters", "reference")
+    detector = create("segmenters", segmenter)
     ys, rs, fs, each = [], [], [], [[] for _ in maps]
     for rec in records:
         r = read_record(paths[rec])
@@ -361,6 +365,9 @@ def main(argv=None) -> None:
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="score every ensemble drawing K runs of each recipe (run directory name without _sN); "
                          "repeatable, one table each")
+    ap.add_argument("--segmenter", default="reference",
+                    help="beats to classify: the reference beats (default) or a detector's (pan-tompkins), "
+                         "matched to the reference beats within 150 ms as `ecgkit evaluate --segmenter` does")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
     ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
                     help="score every model with this record RR reference (mean, median, atrial) instead of its "
@@ -386,7 +393,8 @@ def main(argv=None) -> None:
         raise SystemExit("Error: --record-prior is a probe of its own; give it without --compose, --adapt-bn, "
                          "--tta or the RR-stat options")
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
-                                        args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta)
+                                        args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta,
+                                        args.segmenter)
     mean_lp = np.mean(each, axis=0)
     if args.record_prior is not None:
         maps = [held_out_models(r, args.checkpoint) for r in args.runs]
