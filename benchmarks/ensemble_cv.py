@@ -54,7 +54,8 @@ from ecgkit.checkpoint import read_checkpoint  # noqa: E402
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
 from ecgkit.evaluate import match_to_reference  # noqa: E402
-from ecgkit.inference import predict_log_proba, prepare_record  # noqa: E402
+from ecgkit.inference import (VENTRICULAR_NEIGHBOURS, predict_log_proba, prepare_record,  # noqa: E402
+                              share_ventricular_evidence)
 from ecgkit.io import read_annotations, read_record  # noqa: E402
 from ecgkit.metrics import AAMI_CLASSES, MISSED, confusion_matrix, ec57_report  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
@@ -183,14 +184,15 @@ def tta_log_proba(model, record, peaks: np.ndarray, spec: dict, variants=((0, 1.
         prep = prepare_record(record, np.asarray(peaks) + shift * record.fs / spec["fs_hz"], spec)
         if gain != 1.0:
             prep = {k: (v * np.float32(gain) if k in ("W", "med", "W2", "med2") else v) for k, v in prep.items()}
-        out.append(predict_log_proba(model, prep, spec))
+        out.append(predict_log_proba(model, prep, spec, postprocess=False))
     return out[0] if len(out) == 1 else np.mean(out, axis=0)
 
 
 def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", adapt_bn: bool = False,
                        record_rr_stat: str | None = None, local_rr_stat: str | None = None,
                        interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None,
-                       tta=((0, 1.0),), segmenter: str = "reference"):
+                       tta=((0, 1.0),), segmenter: str = "reference", neighbours: int | None = None,
+                       ensemble_out: list | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
@@ -201,6 +203,12 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
     the first run that held it out. Reference beats without a detection get a row of NaN.
+
+    Each network's own output is returned (no inference-time step). ``ensemble_out``: a list that
+    receives, per record, the runs' mean log-probabilities after
+    :func:`ecgkit.inference.share_ventricular_evidence` with ``neighbours`` look-alike beats (None: the
+    first model's contract; 0: off), applied over all the record's detected beats as
+    ``predict_log_proba`` does for a shipped ensemble.
     """
     maps = [held_out_models(r, checkpoint) for r in runs]
     records = sorted(set(maps[0]).intersection(*maps[1:]))
@@ -213,6 +221,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         ref_samples, labels = reference_beats(*read_annotations(r.path, "atr"))
         peaks = detect_beats(detector, r)
         idx = match_to_reference(ref_samples, peaks, np.arange(peaks.size), int(round(0.15 * r.fs)))[0]
+        lps = []
         for i, m in enumerate(maps):
             if m[rec] not in cache:
                 cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat,
@@ -220,12 +229,20 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
             model, spec, _ = cache[m[rec]]
             if adapt_bn:
                 prep = prepare_record(r, peaks, spec)
-                lp = predict_log_proba(adapt_batchnorm(model, prep, spec), prep, spec)
+                lp = predict_log_proba(adapt_batchnorm(model, prep, spec), prep, spec, postprocess=False)
             else:
                 lp = tta_log_proba(model, r, peaks, spec, tta)
+            lps.append(lp)
             out = np.full((labels.size, lp.shape[1]), np.nan)
             out[idx >= 0] = lp[idx[idx >= 0]]
             each[i].append(out)
+        if ensemble_out is not None:
+            spec = cache[maps[0][rec]][1]
+            k = spec.get(VENTRICULAR_NEIGHBOURS, 0) if neighbours is None else neighbours
+            lp = share_ventricular_evidence(np.mean(lps, 0), prepare_record(r, peaks, spec)["W"], spec, k)
+            out = np.full((labels.size, lp.shape[1]), np.nan)
+            out[idx >= 0] = lp[idx[idx >= 0]]
+            ensemble_out.append(out)
         ys.append(labels)
         rs.append(np.full(labels.size, rec))
         fs.append(np.full(labels.size, Path(maps[0][rec]).parent.name))
@@ -368,6 +385,9 @@ def main(argv=None) -> None:
     ap.add_argument("--segmenter", default="reference",
                     help="beats to classify: the reference beats (default) or a detector's (pan-tompkins), "
                          "matched to the reference beats within 150 ms as `ecgkit evaluate --segmenter` does")
+    ap.add_argument("--ventricular-neighbours", type=int, default=None, metavar="K",
+                    help="share each beat's V evidence with its K look-alike beats in the record, on the ensemble's "
+                         "mean (ecgkit.inference.share_ventricular_evidence; 0: off; default: the models' contract)")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
     ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
                     help="score every model with this record RR reference (mean, median, atrial) instead of its "
@@ -392,10 +412,11 @@ def main(argv=None) -> None:
                                           or args.local_rr_stat or args.interval_rr_stat or args.blocked_p_min_run):
         raise SystemExit("Error: --record-prior is a probe of its own; give it without --compose, --adapt-bn, "
                          "--tta or the RR-stat options")
+    ens = []
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
                                         args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta,
-                                        args.segmenter)
-    mean_lp = np.mean(each, axis=0)
+                                        args.segmenter, args.ventricular_neighbours, ens)
+    mean_lp = np.concatenate(ens)
     if args.record_prior is not None:
         maps = [held_out_models(r, args.checkpoint) for r in args.runs]
         priors = SourcePriors(args.data)

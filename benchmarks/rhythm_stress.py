@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats  # noqa: E402
+from ecgkit.inference import VENTRICULAR_NEIGHBOURS, prepare_record, share_ventricular_evidence  # noqa: E402
 from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
@@ -322,6 +323,9 @@ def main(argv=None) -> None:
                     help="likewise for the pre- and post-RR (raw, atrial)")
     ap.add_argument("--blocked-p-min-run", type=int, default=None, metavar="N",
                     help="likewise for the run of consecutive intervals a blocked P wave is counted in")
+    ap.add_argument("--ventricular-neighbours", type=int, default=None, metavar="K",
+                    help="share each beat's V evidence with its K look-alike beats, on the ensemble's mean "
+                         "(ecgkit.inference.share_ventricular_evidence; 0: off; default: the models' contract)")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
@@ -369,7 +373,11 @@ def main(argv=None) -> None:
                                    min_src=args.prior_min_src)[0]
                    for lp, ck in zip(lps, cks)]
             return ens.argmax(1), lps
-        return np.mean(lps, 0).argmax(1), lps
+        ens = np.mean(lps, 0)
+        k = spec.get(VENTRICULAR_NEIGHBOURS, 0) if args.ventricular_neighbours is None else args.ventricular_neighbours
+        if k:
+            ens = share_ventricular_evidence(ens, prepare_record(r, p, spec)["W"], spec, k)
+        return ens.argmax(1), lps
 
     for rec_name in records:
         peaks, cls = reference_beats(*read_annotations(paths[rec_name], "atr"))

@@ -37,6 +37,9 @@ class ModelConfig:
 
     name: str = "transnet"
     params: dict[str, Any] = field(default_factory=dict)
+    #: > 0: at inference each beat's V evidence is shared with this many look-alike beats of its record
+    #: (``ecgkit.inference.share_ventricular_evidence``); written into the checkpoint's input contract
+    ventricular_neighbours: int = 0
 
 
 @dataclass
@@ -212,6 +215,9 @@ def validate(cfg: RunConfig) -> None:
     for name in ("epochs", "steps_per_epoch", "batch_size", "seq_len", "threads", "ensemble"):
         if getattr(t, name) < 1:
             raise ConfigError(f"config key 'train.{name}' must be >= 1, got {getattr(t, name)}")
+    if cfg.model.ventricular_neighbours < 0:
+        raise ConfigError(f"config key 'model.ventricular_neighbours' must be >= 0 (0 = off), "
+                          f"got {cfg.model.ventricular_neighbours}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af",

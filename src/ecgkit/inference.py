@@ -45,6 +45,9 @@ def check_channels(spec: dict) -> None:
     if iv != "raw" and spec.get("cut_next_s", 0):
         raise ConfigError("interval_rr_stat 'atrial' gives post-RR in sinus cycles, so cut_next_s (seconds to "
                           "the next R) cannot be read from it; use one or the other")
+    k = spec.get(VENTRICULAR_NEIGHBOURS, 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"{VENTRICULAR_NEIGHBOURS} is a count of beats (an integer >= 0), got {k!r}")
     if "blocked_p_min_run" in spec:
         run = spec["blocked_p_min_run"]
         if isinstance(run, bool) or not isinstance(run, int) or run < 1:
@@ -173,14 +176,89 @@ def lead2_batch(prep: dict, rows=None):
     return torch.from_numpy(W2)[None], torch.from_numpy(prep["med2"])[None]
 
 
+#: Input-contract key of :func:`share_ventricular_evidence` (twenty-sixth release): how many look-alike beats
+#: of the record each beat's V evidence is averaged with (absent or 0: the step is off).
+VENTRICULAR_NEIGHBOURS = "ventricular_neighbours"
+
+
+def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1, span: int = 4096) -> np.ndarray:
+    """Indices ``(n, k)`` of each beat's ``k`` most similar other beats of the record.
+
+    Similarity: the correlation of the model's lead-0 windows ``windows`` (n, S + 2 margin, as
+    :func:`prepare_record` cuts them) over ``qrs_s`` each side of the beat mark. Searched among the
+    ``span`` beats around each beat (the whole record when it has no more), in blocks of 1024 rows, so
+    a day-long record costs time in proportion to its beats, not their square. Needs ``n > k``.
+    """
+    n = len(windows)
+    if not 0 < k < n:
+        raise ValueError(f"lookalike_beats: k must be in [1, {n - 1}] for {n} beats, got {k}")
+    c, h = spec["before_samples"], int(round(qrs_s * spec["fs_hz"]))
+    margin = (windows.shape[1] - spec["before_samples"] - spec["after_samples"]) // 2
+    X = np.asarray(windows, np.float64)[:, margin + max(c - h, 0):margin + c + h]
+    X = X - X.mean(1, keepdims=True)
+    X /= np.linalg.norm(X, axis=1, keepdims=True) + 1e-9
+    nb = np.empty((n, k), np.int64)
+    half = max(span // 2, k + 1)
+    for a in range(0, n, 1024):
+        b = min(a + 1024, n)
+        lo, hi = max(0, min(a - half, n - 2 * half)), min(n, max(b + half, 2 * half))
+        sim = X[a:b] @ X[lo:hi].T                                # (rows, candidates)
+        sim[np.arange(b - a), np.arange(a, b) - lo] = -np.inf    # not itself
+        nb[a:b] = np.argpartition(-sim, k - 1, axis=1)[:, :k] + lo
+    return nb
+
+
+def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec: dict,
+                               neighbours: int | None = None, weight: float = 0.5, qrs_s: float = 0.1,
+                               span: int = 4096) -> np.ndarray:
+    """One record's per-beat log-probabilities with V evidence shared between look-alike beats.
+
+    A patient's ventricular beats come in a few shapes that recur through the record. Each beat's
+    ``neighbours`` most similar beats are found by the correlation of the model's lead-0 window
+    ``windows`` (n, S) over the QRS (``qrs_s`` each side of the beat mark), among the ``span`` beats
+    around it (the whole record up to that many beats). The beat's V log-odds become ``1 - weight``
+    of its own plus ``weight`` of its neighbours' mean; its S probability is kept (S is a rhythm call,
+    and an S beat looks like its N neighbours); the other classes share the rest in proportion.
+    ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0, a record with no more
+    beats than that, or classes without both V and S leave ``log_probs`` as they are.
+    Chosen on DS1 held-out fold models (examples/ablations/ventricular_neighbours.md).
+    """
+    k = int(spec.get(VENTRICULAR_NEIGHBOURS, 0) if neighbours is None else neighbours)
+    classes = list(spec.get("classes", ()))
+    n = len(log_probs)
+    if k <= 0 or n <= k or "V" not in classes or "S" not in classes:
+        return log_probs
+    v, s = classes.index("V"), classes.index("S")
+    nb = lookalike_beats(windows, spec, k, qrs_s, span)
+    lp = np.asarray(log_probs, np.float64)
+    lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
+    P = np.exp(lp)
+    pv = np.clip(P[:, v], 1e-9, 1 - 1e-9)
+    odds = np.log(pv) - np.log1p(-pv)
+    mean_nb = odds[nb].mean(1)
+    pv_new = 1.0 / (1.0 + np.exp(-((1 - weight) * odds + weight * mean_nb)))
+    rest = np.ones(P.shape[1], bool)
+    rest[[v, s]] = False
+    room = np.maximum(1.0 - pv_new - P[:, s], 1e-12)
+    Q = P.copy()
+    Q[:, rest] *= (room / np.maximum(P[:, rest].sum(1), 1e-12))[:, None]
+    Q[:, v] = pv_new
+    Q /= Q.sum(1, keepdims=True)
+    return np.log(np.maximum(Q, 1e-30)).astype(np.asarray(log_probs).dtype)
+
+
 @torch.inference_mode()
-def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None, batch: int = 64) -> np.ndarray:
+def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None, batch: int = 64,
+                      postprocess: bool = True) -> np.ndarray:
     """Per-beat log-probabilities ``(n, n_classes)`` of one record.
 
     The record's beats are cut into sequences of ``seq_len`` beats overlapping by half;
     each beat's log-probabilities are averaged over the sequences that hold it, weighted
     towards the centre of each sequence (where both neighbours are visible).
     ``batch`` caps the sequences per model call (calls also stay near ``BEATS_PER_CALL`` beats).
+    Where the contract asks for it (:data:`VENTRICULAR_NEIGHBOURS`), V evidence is then shared between
+    look-alike beats of the record (:func:`share_ventricular_evidence`); ``postprocess=False`` skips that
+    (the networks' own output, for callers that average several models first).
     """
     model.eval()
     n = len(prep["rr"])
@@ -199,4 +277,7 @@ def predict_log_proba(model, prep: dict, spec: dict, seq_len: int | None = None,
     flat = rows.reshape(-1)
     acc = torch.zeros(n, n_classes).index_add_(0, flat, lp.reshape(-1, n_classes))
     wsum = torch.zeros(n).index_add_(0, flat, wts.repeat(len(starts)))
-    return (acc / wsum[:, None]).numpy()
+    out = (acc / wsum[:, None]).numpy()
+    if postprocess and spec.get(VENTRICULAR_NEIGHBOURS):
+        out = share_ventricular_evidence(out, prep["W"], spec)
+    return out

@@ -783,6 +783,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     params = dict(cfg.model.params)
     params.setdefault("seq_len", tc.seq_len)
     model = create("encoders", cfg.model.name, **params)
+    with_postprocess(model, cfg)
     spec = input_spec(model)
     n_classes = len(spec["classes"])
     margin = min(tc.augment.shift_samples, MARGIN_MAX)
@@ -920,6 +921,15 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     return best_path
 
 
+def with_postprocess(model, cfg: RunConfig):
+    """``model`` with core's inference-time steps of ``cfg`` in its input contract (saved with it)."""
+    from .inference import VENTRICULAR_NEIGHBOURS
+
+    if cfg.model.ventricular_neighbours:
+        input_spec(model)[VENTRICULAR_NEIGHBOURS] = int(cfg.model.ventricular_neighbours)
+    return model
+
+
 def train_ensemble(cfg: RunConfig, run_dir=None, resume: bool = False, data_dir=None, log=print,
                    show_progress: bool = True) -> Path:
     """``train.ensemble: N``: train N members (seeds ``seed .. seed+N-1``, each in ``memberK/``), then
@@ -948,7 +958,7 @@ def train_ensemble(cfg: RunConfig, run_dir=None, resume: bool = False, data_dir=
     best_path = run_dir / "best.pt"
     if rank == 0:
         loaded = [load_model(str(p)) for p in paths]
-        model = Ensemble([m for m, _ in loaded])
+        model = with_postprocess(Ensemble([m for m, _ in loaded]), cfg)
         cks = [ck for _, ck in loaded]
         params = {"members": [{"encoder": ck["encoder"], "params": ck["params"]} for ck in cks]}
         extra = {"config": json.dumps(asdict(cfg)), "seed": cfg.seed, "member_seeds": [ck["seed"] for ck in cks],
