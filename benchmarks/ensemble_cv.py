@@ -29,6 +29,11 @@ ensemble does whichever seeds it gets. ``--per-record`` adds the ensemble's per-
 ``ecgkit evaluate --segmenter pan-tompkins`` does on the test split: the held-out end-to-end figures
 (reference beats the detector missed count as errors of their class).
 
+``--ventricular-neighbours K`` (twenty-sixth release: ``examples/ablations/ventricular_neighbours.md``)
+applies :func:`ecgkit.inference.share_ventricular_evidence` to the ensemble's mean log-probabilities
+over each record's beats, as a checkpoint whose contract names it does; the per-run rows stay the
+networks' own output. Off by default: the fold models' figures are the networks'.
+
 ``--record-prior POWER`` (twenty-fourth release, a probe: ``examples/ablations/record_prior.md``)
 re-weights each record's posteriors to that record's own class prior, estimated from its
 unlabelled beats by EM (Saerens et al. 2002), against the prior each ensemble was fitted to (its
@@ -206,8 +211,8 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
 
     Each network's own output is returned (no inference-time step). ``ensemble_out``: a list that
     receives, per record, the runs' mean log-probabilities after
-    :func:`ecgkit.inference.share_ventricular_evidence` with ``neighbours`` look-alike beats (None: the
-    first model's contract; 0: off), applied over all the record's detected beats as
+    :func:`ecgkit.inference.share_ventricular_evidence` with ``neighbours`` look-alike beats (0: off;
+    None: the first model's contract), applied over all the record's detected beats as
     ``predict_log_proba`` does for a shipped ensemble.
     """
     maps = [held_out_models(r, checkpoint) for r in runs]
@@ -385,9 +390,9 @@ def main(argv=None) -> None:
     ap.add_argument("--segmenter", default="reference",
                     help="beats to classify: the reference beats (default) or a detector's (pan-tompkins), "
                          "matched to the reference beats within 150 ms as `ecgkit evaluate --segmenter` does")
-    ap.add_argument("--ventricular-neighbours", type=int, default=None, metavar="K",
+    ap.add_argument("--ventricular-neighbours", type=int, default=0, metavar="K",
                     help="share each beat's V evidence with its K look-alike beats in the record, on the ensemble's "
-                         "mean (ecgkit.inference.share_ventricular_evidence; 0: off; default: the models' contract)")
+                         "mean (ecgkit.inference.share_ventricular_evidence; default 0: the networks' own output)")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
     ap.add_argument("--record-rr-stat", default=None, metavar="STAT",
                     help="score every model with this record RR reference (mean, median, atrial) instead of its "
@@ -412,6 +417,11 @@ def main(argv=None) -> None:
                                           or args.local_rr_stat or args.interval_rr_stat or args.blocked_p_min_run):
         raise SystemExit("Error: --record-prior is a probe of its own; give it without --compose, --adapt-bn, "
                          "--tta or the RR-stat options")
+    if args.ventricular_neighbours < 0:
+        raise SystemExit("Error: --ventricular-neighbours must be >= 0")
+    if args.ventricular_neighbours and (args.compose or args.record_prior is not None):
+        raise SystemExit("Error: --ventricular-neighbours acts on the whole ensemble's mean; give it without "
+                         "--compose or --record-prior")
     ens = []
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
                                         args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta,

@@ -49,6 +49,11 @@ have if that recipe's ``majority`` share is more than 5 points under the baselin
 ``--compose ema:2,block_abs_rate:1`` (as in ``ensemble_cv.py``, repeatable) adds, for every ensemble drawing
 that many runs of each recipe, the pooled S found (real / sparse / majority) and, with
 ``--block``, the block rhythm's N->S share, and the mean of each over the compositions.
+
+``--ventricular-neighbours K`` (twenty-sixth release) applies
+``ecgkit.inference.share_ventricular_evidence`` to the ensemble's mean over each (real or rebuilt)
+record's beats, as a checkpoint whose contract names it does; the per-run rows stay the networks'
+own output. Off by default.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import AAMI_CLASSES, reference_beats  # noqa: E402
-from ecgkit.inference import VENTRICULAR_NEIGHBOURS, prepare_record, share_ventricular_evidence  # noqa: E402
+from ecgkit.inference import prepare_record, share_ventricular_evidence  # noqa: E402
 from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
@@ -323,9 +328,9 @@ def main(argv=None) -> None:
                     help="likewise for the pre- and post-RR (raw, atrial)")
     ap.add_argument("--blocked-p-min-run", type=int, default=None, metavar="N",
                     help="likewise for the run of consecutive intervals a blocked P wave is counted in")
-    ap.add_argument("--ventricular-neighbours", type=int, default=None, metavar="K",
+    ap.add_argument("--ventricular-neighbours", type=int, default=0, metavar="K",
                     help="share each beat's V evidence with its K look-alike beats, on the ensemble's mean "
-                         "(ecgkit.inference.share_ventricular_evidence; 0: off; default: the models' contract)")
+                         "(ecgkit.inference.share_ventricular_evidence; default 0: the networks' own output)")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
@@ -333,6 +338,11 @@ def main(argv=None) -> None:
     add_record_prior_args(ap)   # each (synthetic) record re-weighted to its own class prior, as in ensemble_cv.py
     args = ap.parse_args(argv)
     tta = tta_variants(args.tta)
+    if args.ventricular_neighbours < 0:
+        raise SystemExit("Error: --ventricular-neighbours must be >= 0")
+    if args.ventricular_neighbours and (args.compose or args.record_prior is not None):
+        raise SystemExit("Error: --ventricular-neighbours acts on the whole ensemble's mean; give it without "
+                         "--compose or --record-prior")
     if args.record_prior is not None and (args.model or args.compose or len(tta) > 1):
         raise SystemExit("Error: --record-prior takes kfold run directories, without --model, --compose or --tta")
     priors = SourcePriors(args.data)
@@ -374,9 +384,9 @@ def main(argv=None) -> None:
                    for lp, ck in zip(lps, cks)]
             return ens.argmax(1), lps
         ens = np.mean(lps, 0)
-        k = spec.get(VENTRICULAR_NEIGHBOURS, 0) if args.ventricular_neighbours is None else args.ventricular_neighbours
-        if k:
-            ens = share_ventricular_evidence(ens, prepare_record(r, p, spec)["W"], spec, k)
+        if args.ventricular_neighbours:
+            spec0 = models[maps[0][rec_name]][1]
+            ens = share_ventricular_evidence(ens, prepare_record(r, p, spec0)["W"], spec0, args.ventricular_neighbours)
         return ens.argmax(1), lps
 
     for rec_name in records:

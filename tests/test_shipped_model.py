@@ -55,6 +55,8 @@ def test_checkpoint_is_small_and_records_the_config_that_made_it(shipped):
         assert ck["encoder"] == "ensemble"
         assert ck["member_seeds"] == [cfg["seed"] + i for i in range(cfg["train"]["ensemble"])]
     assert ck["weights_dtype"] == cfg["train"]["weights_dtype"]
+    # the recipe's inference-time step is in the contract the model is run by
+    assert ck["input_spec"].get("ventricular_neighbours", 0) == cfg["model"]["ventricular_neighbours"]
 
 
 def test_the_default_model_reads_one_lead_and_the_other_two():

@@ -278,7 +278,9 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
     from ecgkit.models import load_any_model
 
     held = [mod.held_out_models(str(tmp_path / d)) for d in ("kf3", "kf4")]
-    ys, ps, rs = [], [], []
+    from ecgkit.inference import share_ventricular_evidence
+
+    ys, ps, rs, vs = [], [], [], []
     for name, path in zip(records, resolve_records(records, data_dir)):
         r = read_record(path)
         samples, labels = reference_beats(*read_annotations(r.path, "atr"))
@@ -287,9 +289,16 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
             model, mspec, _ = load_any_model(h[name])
             lps.append(predict_log_proba(model, prepare_record(r, samples, mspec), mspec))
         ys.append(labels); ps.append(np.mean(lps, 0).argmax(1)); rs.append(np.full(labels.size, name))
+        # --ventricular-neighbours: the step on the runs' mean, over the record's beats
+        vs.append(share_ventricular_evidence(np.mean(lps, 0), prepare_record(r, samples, mspec)["W"], mspec,
+                                             3).argmax(1))
     expected = ec57_report(np.concatenate(ys), np.concatenate(ps), np.concatenate(rs))
     rows_ens = mod.report_row("x", expected).split("|")[2:]
     assert rows[2].split("|")[2:] == rows_ens
+    mod.main([str(tmp_path / "kf3"), str(tmp_path / "kf4"), "--data", str(data_dir), "--ventricular-neighbours", "3"])
+    shared = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| **ens")][0]
+    want = ec57_report(np.concatenate(ys), np.concatenate(vs), np.concatenate(rs))
+    assert shared.split("|")[2:] == mod.report_row("x", want).split("|")[2:]
     with pytest.raises(SystemExit, match="no kfold"):
         mod.main([str(tmp_path)])
 

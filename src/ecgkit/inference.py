@@ -186,8 +186,9 @@ def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1,
 
     Similarity: the correlation of the model's lead-0 windows ``windows`` (n, S + 2 margin, as
     :func:`prepare_record` cuts them) over ``qrs_s`` each side of the beat mark. Searched among the
-    ``span`` beats around each beat (the whole record when it has no more), in blocks of 1024 rows, so
-    a day-long record costs time in proportion to its beats, not their square. Needs ``n > k``.
+    beats at most ``span`` beats away (the whole record when it has no more than ``span`` beats), in
+    blocks of rows, so a day-long record costs time in proportion to its beats, not their square.
+    Needs ``n > k``.
     """
     n = len(windows)
     if not 0 < k < n:
@@ -199,8 +200,9 @@ def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1,
     X /= np.linalg.norm(X, axis=1, keepdims=True) + 1e-9
     nb = np.empty((n, k), np.int64)
     half = max(span // 2, k + 1)
-    for a in range(0, n, 1024):
-        b = min(a + 1024, n)
+    block = max(1, min(1024, span - half))
+    for a in range(0, n, block):
+        b = min(a + block, n)
         lo, hi = max(0, min(a - half, n - 2 * half)), min(n, max(b + half, 2 * half))
         sim = X[a:b] @ X[lo:hi].T                                # (rows, candidates)
         sim[np.arange(b - a), np.arange(a, b) - lo] = -np.inf    # not itself
@@ -215,8 +217,8 @@ def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec:
 
     A patient's ventricular beats come in a few shapes that recur through the record. Each beat's
     ``neighbours`` most similar beats are found by the correlation of the model's lead-0 window
-    ``windows`` (n, S) over the QRS (``qrs_s`` each side of the beat mark), among the ``span`` beats
-    around it (the whole record up to that many beats). The beat's V log-odds become ``1 - weight``
+    ``windows`` (n, S) over the QRS (``qrs_s`` each side of the beat mark), among the beats at most
+    ``span`` away (:func:`lookalike_beats`; the whole record up to that many beats). The beat's V log-odds become ``1 - weight``
     of its own plus ``weight`` of its neighbours' mean; its S probability is kept (S is a rhythm call,
     and an S beat looks like its N neighbours); the other classes share the rest in proportion.
     ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0, a record with no more
