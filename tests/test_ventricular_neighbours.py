@@ -34,15 +34,16 @@ def _log_probs(rows) -> np.ndarray:
 
 def test_lookalikes_of_a_shape_are_that_shape():
     W = _shapes(30, 20)
-    nb = lookalike_beats(W, SPEC, 5)
-    assert nb.shape == (50, 5)
+    nb, corr = lookalike_beats(W, SPEC, 5)
+    assert nb.shape == corr.shape == (50, 5)
     assert (nb[:30] < 30).all() and (nb[30:] >= 30).all()
     assert not (nb == np.arange(50)[:, None]).any()  # never the beat itself
+    assert (corr > 0.9).all() and (corr <= 1 + 1e-9).all()   # same shape, a little noise
 
 
 def test_the_search_stays_within_span_and_equals_a_full_search_below_it():
     W = _shapes(40, 40, seed=1)
-    nb = lookalike_beats(W, SPEC, 4, span=10)
+    nb, _ = lookalike_beats(W, SPEC, 4, span=10)
     assert (np.abs(nb - np.arange(80)[:, None]) <= 10).all()
     # with the whole record inside the span, the k most correlated beats of a brute-force search
     X = W[:, 64 - 18:64 + 18].astype(np.float64)
@@ -51,7 +52,9 @@ def test_the_search_stays_within_span_and_equals_a_full_search_below_it():
     C = X @ X.T
     np.fill_diagonal(C, -np.inf)
     full = np.sort(np.argsort(-C, axis=1)[:, :4], axis=1)
-    np.testing.assert_array_equal(np.sort(lookalike_beats(W, SPEC, 4), axis=1), full)
+    nb, corr = lookalike_beats(W, SPEC, 4)
+    np.testing.assert_array_equal(np.sort(nb, axis=1), full)
+    np.testing.assert_allclose(corr, np.take_along_axis(C, nb, axis=1), atol=1e-5)
     with pytest.raises(ValueError, match="k must be"):
         lookalike_beats(W[:3], SPEC, 3)
 
@@ -71,6 +74,18 @@ def test_a_v_beat_called_n_among_v_lookalikes_turns_v_and_s_stays():
     assert (out.argmax(1)[30:] == 2).all() and (out.argmax(1)[:30] != 2).all()
     # F and Q keep their ratio to N: only the V share moved
     np.testing.assert_allclose(Q[35, 3] / Q[35, 0], P[35, 3] / P[35, 0], rtol=1e-4)
+
+
+def test_a_lone_v_beat_keeps_its_own_evidence():
+    """Its nearest beats are N beats of another shape: they do not qualify as look-alikes, so it stays V."""
+    W = _shapes(40, 1)
+    rows = [[0.96, 0.01, 0.01, 0.01, 0.01]] * 40 + [[0.25, 0.03, 0.7, 0.01, 0.01]]
+    lp = _log_probs(rows)
+    out = share_ventricular_evidence(lp, W, SPEC, 10)
+    assert out[40].argmax() == 2
+    np.testing.assert_allclose(out[40], lp[40], atol=1e-5)
+    # without the similarity bar its N neighbours' evidence would have drawn it to N
+    assert share_ventricular_evidence(lp, W, SPEC, 10, min_corr=-1.0)[40].argmax() == 0
 
 
 def test_off_small_records_and_classes_without_v_are_left_alone():
@@ -99,7 +114,7 @@ def test_on_a_real_record_ventricular_beats_find_ventricular_lookalikes(data_dir
     r = read_record(data_dir / "119")
     samples, labels = reference_beats(*read_annotations(r.path, "atr"))
     W = prepare_record(r, samples, {**SPEC, "channels": ["beat"]})["W"]
-    nb = lookalike_beats(W, SPEC, 10)
+    nb, _ = lookalike_beats(W, SPEC, 10)
     v = labels == AAMI_CLASSES.index("V")
     assert v.sum() > 400
     assert (labels[nb[v]] == AAMI_CLASSES.index("V")).mean() > 0.95

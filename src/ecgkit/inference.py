@@ -181,14 +181,15 @@ def lead2_batch(prep: dict, rows=None):
 VENTRICULAR_NEIGHBOURS = "ventricular_neighbours"
 
 
-def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1, span: int = 4096) -> np.ndarray:
-    """Indices ``(n, k)`` of each beat's ``k`` most similar other beats of the record.
+def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1,
+                    span: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(n, k)`` of each beat's ``k`` most similar other beats of the record, and their similarity.
 
     Similarity: the correlation of the model's lead-0 windows ``windows`` (n, S + 2 margin, as
     :func:`prepare_record` cuts them) over ``qrs_s`` each side of the beat mark. Searched among the
     beats at most ``span`` beats away (the whole record when it has no more than ``span`` beats), in
     blocks of rows, so a day-long record costs time in proportion to its beats, not their square.
-    Needs ``n > k``.
+    Needs ``n > k``. Returns ``(indices, correlations)``, both ``(n, k)``, in no particular order.
     """
     n = len(windows)
     if not 0 < k < n:
@@ -199,6 +200,7 @@ def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1,
     X = X - X.mean(1, keepdims=True)
     X /= np.linalg.norm(X, axis=1, keepdims=True) + 1e-9
     nb = np.empty((n, k), np.int64)
+    corr = np.empty((n, k))
     half = max(span // 2, k + 1)
     block = max(1, min(1024, span - half))
     for a in range(0, n, block):
@@ -206,23 +208,28 @@ def lookalike_beats(windows: np.ndarray, spec: dict, k: int, qrs_s: float = 0.1,
         lo, hi = max(0, min(a - half, n - 2 * half)), min(n, max(b + half, 2 * half))
         sim = X[a:b] @ X[lo:hi].T                                # (rows, candidates)
         sim[np.arange(b - a), np.arange(a, b) - lo] = -np.inf    # not itself
-        nb[a:b] = np.argpartition(-sim, k - 1, axis=1)[:, :k] + lo
-    return nb
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        nb[a:b] = top + lo
+        corr[a:b] = np.take_along_axis(sim, top, axis=1)
+    return nb, corr
 
 
 def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec: dict,
                                neighbours: int | None = None, weight: float = 0.5, qrs_s: float = 0.1,
-                               span: int = 4096) -> np.ndarray:
+                               span: int = 4096, min_corr: float = 0.8) -> np.ndarray:
     """One record's per-beat log-probabilities with V evidence shared between look-alike beats.
 
     A patient's ventricular beats come in a few shapes that recur through the record. Each beat's
     ``neighbours`` most similar beats are found by the correlation of the model's lead-0 window
     ``windows`` (n, S) over the QRS (``qrs_s`` each side of the beat mark), among the beats at most
-    ``span`` away (:func:`lookalike_beats`; the whole record up to that many beats). The beat's V log-odds become ``1 - weight``
-    of its own plus ``weight`` of its neighbours' mean; its S probability is kept (S is a rhythm call,
-    and an S beat looks like its N neighbours); the other classes share the rest in proportion.
-    ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0, a record with no more
-    beats than that, or classes without both V and S leave ``log_probs`` as they are.
+    ``span`` away (:func:`lookalike_beats`; the whole record up to that many beats). Those whose
+    correlation is at least ``min_corr`` share: the beat's V log-odds move towards their mean V
+    log-odds by ``weight`` times the share of the neighbours that qualify (a lone V beat, whose
+    nearest beats are N beats of another shape, keeps its own evidence). Its S probability is kept
+    (S is a rhythm call, and an S beat looks like its N neighbours); the other classes share the
+    rest in proportion. ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0,
+    a record with no more beats than that, or classes without both V and S leave ``log_probs`` as
+    they are.
     Chosen on DS1 held-out fold models (examples/ablations/ventricular_neighbours.md).
     """
     k = int(spec.get(VENTRICULAR_NEIGHBOURS, 0) if neighbours is None else neighbours)
@@ -231,14 +238,17 @@ def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec:
     if k <= 0 or n <= k or "V" not in classes or "S" not in classes:
         return log_probs
     v, s = classes.index("V"), classes.index("S")
-    nb = lookalike_beats(windows, spec, k, qrs_s, span)
+    nb, corr = lookalike_beats(windows, spec, k, qrs_s, span)
     lp = np.asarray(log_probs, np.float64)
     lp = lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)
     P = np.exp(lp)
     pv = np.clip(P[:, v], 1e-9, 1 - 1e-9)
     odds = np.log(pv) - np.log1p(-pv)
-    mean_nb = odds[nb].mean(1)
-    pv_new = 1.0 / (1.0 + np.exp(-((1 - weight) * odds + weight * mean_nb)))
+    alike = corr >= min_corr
+    n_alike = alike.sum(1)
+    mean_nb = np.where(n_alike > 0, (odds[nb] * alike).sum(1) / np.maximum(n_alike, 1), odds)
+    w = weight * n_alike / k
+    pv_new = 1.0 / (1.0 + np.exp(-((1 - w) * odds + w * mean_nb)))
     rest = np.ones(P.shape[1], bool)
     rest[[v, s]] = False
     room = np.maximum(1.0 - pv_new - P[:, s], 1e-12)
