@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from ecgkit.errors import ConfigError
 from ecgkit.inference import (VENTRICULAR_NEIGHBOURS, check_channels, lookalike_beats, predict_log_proba,
@@ -160,8 +161,19 @@ def test_training_writes_the_step_into_the_contract(data_dir, tmp_path):
     p = tmp_path / "cfg.yaml"
     p.write_text(yaml.safe_dump(cfg))
     best = train(load_config(p), data_dir=data_dir, log=lambda *_: None, show_progress=False)
-    assert read_checkpoint(best)["input_spec"][VENTRICULAR_NEIGHBOURS] == 4
+    ck = read_checkpoint(best)
+    assert ck["input_spec"][VENTRICULAR_NEIGHBOURS] == 4
     assert read_checkpoint(tmp_path / "run" / "member1" / "best.pt")["input_spec"][VENTRICULAR_NEIGHBOURS] == 4
+    # an inference-time step: without it (and no validation patients) training gives the same weights
+    cfg["data"]["val"] = []
+    for k, out in ((4, "with"), (0, "without")):
+        cfg["model"]["ventricular_neighbours"], cfg["run_dir"] = k, str(tmp_path / out)
+        p.write_text(yaml.safe_dump(cfg))
+        train(load_config(p), data_dir=data_dir, log=lambda *_: None, show_progress=False)
+    a, b = (read_checkpoint(tmp_path / d / "best.pt") for d in ("with", "without"))
+    assert VENTRICULAR_NEIGHBOURS not in b["input_spec"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][n], b["state_dict"][n]) for n in a["state_dict"])
     cfg["model"]["ventricular_neighbours"] = -1
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="model.ventricular_neighbours"):

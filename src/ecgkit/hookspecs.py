@@ -71,7 +71,9 @@ def register_encoders():
     ``"atrial"`` stat, the run of consecutive intervals a blocked P wave is counted in) and ``cut_next_s`` (the encoder ignores
     each window from this many seconds before the next beat's R on; training then makes
     the stored windows agree with the intervals its augmentations rewrite).
-    ``ecgkit train`` passes ``seq_len`` to the factory, so it must accept it.
+    ``ecgkit train`` passes ``seq_len`` to the factory, so it must accept it, and adds
+    ``ventricular_neighbours`` (core's record-level step, from ``model.ventricular_neighbours``) to
+    the contract it saves; an encoder does not set it.
 
     A name may also resolve to a shipped checkpoint: see ``register_models``.
     """
