@@ -60,7 +60,7 @@ def test_the_search_stays_within_span_and_equals_a_full_search_below_it():
         lookalike_beats(W[:3], SPEC, 3)
 
 
-def test_a_v_beat_called_n_among_v_lookalikes_turns_v_and_s_stays():
+def test_a_v_beat_called_n_among_v_lookalikes_turns_v_and_s_beats_stay_s():
     W = _shapes(30, 20)
     rows = [[0.9, 0.05, 0.02, 0.02, 0.01]] * 30 + [[0.05, 0.03, 0.9, 0.01, 0.01]] * 20
     rows[35] = [0.55, 0.05, 0.38, 0.01, 0.01]   # a V-shaped beat the network called N
@@ -69,12 +69,29 @@ def test_a_v_beat_called_n_among_v_lookalikes_turns_v_and_s_stays():
     out = share_ventricular_evidence(lp, W, SPEC, 10)
     P, Q = np.exp(lp.astype(np.float64)), np.exp(out.astype(np.float64))
     np.testing.assert_allclose(Q.sum(1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(Q[:, 1], P[:, 1], rtol=1e-4)   # every S probability kept
+    fell, rose = Q[:, 2] < P[:, 2] - 1e-6, Q[:, 2] > P[:, 2] + 1e-6
+    assert fell[3] and rose[35]
+    np.testing.assert_allclose(Q[fell, 1], P[fell, 1], rtol=1e-4)   # V fell: S kept
+    # V rose: every other class, S included, keeps its ratio to the others
+    ratio = Q[rose][:, [0, 1, 3, 4]] / P[rose][:, [0, 1, 3, 4]]
+    np.testing.assert_allclose(ratio, ratio[:, :1].repeat(4, 1), rtol=1e-4)
     assert lp[35].argmax() == 0 and out[35].argmax() == 2
     assert out[3].argmax() == 1 and Q[3, 2] < P[3, 2]
     assert (out.argmax(1)[30:] == 2).all() and (out.argmax(1)[:30] != 2).all()
     # F and Q keep their ratio to N: only the V share moved
     np.testing.assert_allclose(Q[35, 3] / Q[35, 0], P[35, 3] / P[35, 0], rtol=1e-4)
+
+
+def test_a_v_beat_called_s_among_v_lookalikes_turns_v():
+    """Premature and called S, but shaped like the record's V beats: the rising V evidence takes S's share too."""
+    W = _shapes(30, 20)
+    rows = [[0.9, 0.05, 0.02, 0.02, 0.01]] * 30 + [[0.05, 0.03, 0.9, 0.01, 0.01]] * 20
+    rows[40] = [0.03, 0.7, 0.25, 0.01, 0.01]
+    lp = _log_probs(rows)
+    out = share_ventricular_evidence(lp, W, SPEC, 10)
+    assert lp[40].argmax() == 1 and out[40].argmax() == 2   # were S kept, 0.7 would still beat V's ~0.63
+    P, Q = np.exp(lp[40].astype(np.float64)), np.exp(out[40].astype(np.float64))
+    np.testing.assert_allclose(Q[1] / Q[0], P[1] / P[0], rtol=1e-4)
 
 
 def test_a_lone_v_beat_keeps_its_own_evidence():

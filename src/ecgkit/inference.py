@@ -225,9 +225,10 @@ def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec:
     ``span`` away (:func:`lookalike_beats`; the whole record up to that many beats). Those whose
     correlation is at least ``min_corr`` share: the beat's V log-odds move towards their mean V
     log-odds by ``weight`` times the share of the neighbours that qualify (a lone V beat, whose
-    nearest beats are N beats of another shape, keeps its own evidence). Its S probability is kept
-    (S is a rhythm call, and an S beat looks like its N neighbours); the other classes share the
-    rest in proportion. ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0,
+    nearest beats are N beats of another shape, keeps its own evidence). Where its V probability
+    falls, its S probability is kept (S is a rhythm call, and an S beat looks like its N
+    neighbours) and N, F and Q share the rest in proportion; where it rises, every other class, S
+    included, gives up its share in proportion (a V beat called S among V look-alikes). ``neighbours`` defaults to the contract's :data:`VENTRICULAR_NEIGHBOURS`; 0,
     a record with no more beats than that, or classes without both V and S leave ``log_probs`` as
     they are.
     Chosen on DS1 held-out fold models (examples/ablations/ventricular_neighbours.md).
@@ -249,11 +250,16 @@ def share_ventricular_evidence(log_probs: np.ndarray, windows: np.ndarray, spec:
     mean_nb = np.where(n_alike > 0, (odds[nb] * alike).sum(1) / np.maximum(n_alike, 1), odds)
     w = weight * n_alike / k
     pv_new = 1.0 / (1.0 + np.exp(-((1 - w) * odds + w * mean_nb)))
+    Q = P.copy()
+    # V evidence fell: the freed probability goes to N, F and Q, S is kept (an S beat's look-alikes are N)
     rest = np.ones(P.shape[1], bool)
     rest[[v, s]] = False
     room = np.maximum(1.0 - pv_new - P[:, s], 1e-12)
-    Q = P.copy()
     Q[:, rest] *= (room / np.maximum(P[:, rest].sum(1), 1e-12))[:, None]
+    # V evidence rose: every other class, S included, gives up its share in proportion
+    up = pv_new > pv
+    others = np.arange(P.shape[1]) != v
+    Q[np.ix_(up, others)] = P[np.ix_(up, others)] * ((1.0 - pv_new[up]) / np.maximum(1.0 - pv[up], 1e-12))[:, None]
     Q[:, v] = pv_new
     Q /= Q.sum(1, keepdims=True)
     return np.log(np.maximum(Q, 1e-30)).astype(np.asarray(log_probs).dtype)
