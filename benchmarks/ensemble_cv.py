@@ -238,20 +238,34 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
             else:
                 lp = tta_log_proba(model, r, peaks, spec, tta)
             lps.append(lp)
-            out = np.full((labels.size, lp.shape[1]), np.nan)
-            out[idx >= 0] = lp[idx[idx >= 0]]
-            each[i].append(out)
+            each[i].append(on_reference_beats(lp, idx))
         if ensemble_out is not None:
             spec = cache[maps[0][rec]][1]
             k = spec.get(VENTRICULAR_NEIGHBOURS, 0) if neighbours is None else neighbours
-            lp = share_ventricular_evidence(np.mean(lps, 0), prepare_record(r, peaks, spec)["W"], spec, k)
-            out = np.full((labels.size, lp.shape[1]), np.nan)
-            out[idx >= 0] = lp[idx[idx >= 0]]
-            ensemble_out.append(out)
+            lp = np.mean(lps, 0)
+            if k:  # the windows only where the step runs (prepare_record also runs the blocked-P search)
+                lp = share_ventricular_evidence(lp, prepare_record(r, peaks, spec)["W"], spec, k)
+            ensemble_out.append(on_reference_beats(lp, idx))
         ys.append(labels)
         rs.append(np.full(labels.size, rec))
         fs.append(np.full(labels.size, Path(maps[0][rec]).parent.name))
     return np.concatenate(ys), np.concatenate(rs), np.concatenate(fs), [np.concatenate(e) for e in each]
+
+
+def on_reference_beats(lp: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per-detection rows ``lp`` as rows of the reference beats: ``idx`` their detection, -1 (NaN row) if none."""
+    out = np.full((idx.size, lp.shape[1]), np.nan)
+    out[idx >= 0] = lp[idx[idx >= 0]]
+    return out
+
+
+def check_ventricular_neighbours(args) -> None:
+    """Refuse a negative ``--ventricular-neighbours``, or one given with ``--compose`` / ``--record-prior``."""
+    if args.ventricular_neighbours < 0:
+        raise SystemExit("Error: --ventricular-neighbours must be >= 0")
+    if args.ventricular_neighbours and (args.compose or args.record_prior is not None):
+        raise SystemExit("Error: --ventricular-neighbours acts on the whole ensemble's mean; give it without "
+                         "--compose or --record-prior")
 
 
 def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None,
@@ -417,11 +431,7 @@ def main(argv=None) -> None:
                                           or args.local_rr_stat or args.interval_rr_stat or args.blocked_p_min_run):
         raise SystemExit("Error: --record-prior is a probe of its own; give it without --compose, --adapt-bn, "
                          "--tta or the RR-stat options")
-    if args.ventricular_neighbours < 0:
-        raise SystemExit("Error: --ventricular-neighbours must be >= 0")
-    if args.ventricular_neighbours and (args.compose or args.record_prior is not None):
-        raise SystemExit("Error: --ventricular-neighbours acts on the whole ensemble's mean; give it without "
-                         "--compose or --record-prior")
+    check_ventricular_neighbours(args)
     ens = []
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
                                         args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta,

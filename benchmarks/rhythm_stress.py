@@ -75,8 +75,8 @@ from ecgkit.io import Record, read_annotations, read_record  # noqa: E402
 from ecgkit.models import load_any_model  # noqa: E402
 from ecgkit.preprocess import bandpass  # noqa: E402
 from ecgkit.train import P_ONSET_S  # noqa: E402
-from ensemble_cv import (SourcePriors, add_record_prior_args, compositions, held_out_models,  # noqa: E402
-                         record_prior_em, tta_log_proba, tta_variants, with_record_rr_stat)
+from ensemble_cv import (SourcePriors, add_record_prior_args, check_ventricular_neighbours, compositions,  # noqa: E402
+                         held_out_models, record_prior_em, tta_log_proba, tta_variants, with_record_rr_stat)
 
 MIN_S = 30
 
@@ -338,11 +338,7 @@ def main(argv=None) -> None:
     add_record_prior_args(ap)   # each (synthetic) record re-weighted to its own class prior, as in ensemble_cv.py
     args = ap.parse_args(argv)
     tta = tta_variants(args.tta)
-    if args.ventricular_neighbours < 0:
-        raise SystemExit("Error: --ventricular-neighbours must be >= 0")
-    if args.ventricular_neighbours and (args.compose or args.record_prior is not None):
-        raise SystemExit("Error: --ventricular-neighbours acts on the whole ensemble's mean; give it without "
-                         "--compose or --record-prior")
+    check_ventricular_neighbours(args)
     if args.record_prior is not None and (args.model or args.compose or len(tta) > 1):
         raise SystemExit("Error: --record-prior takes kfold run directories, without --model, --compose or --tta")
     priors = SourcePriors(args.data)
