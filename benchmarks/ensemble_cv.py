@@ -34,12 +34,10 @@ applies :func:`ecgkit.inference.share_ventricular_evidence` to the ensemble's me
 over each record's beats, as a checkpoint whose contract names it does; the per-run rows stay the
 networks' own output. Off by default: the fold models' figures are the networks'.
 
-``--recentre-samples R`` (twenty-seventh release: ``examples/ablations/recentring.md``) scores every
-model with ``recentre_samples: R`` in its input contract: each beat mark moved to the largest |amplitude|
-of the model's signal within R model samples before the windows and RR features are built
-(:func:`ecgkit.inference.recentre_beats`). ``--save-calls FILE.npz`` writes the ensemble's class per
-reference beat (-2: not detected), and ``--compare A.npz B.npz`` (no runs) counts the beats detected in
-both whose class differs: how much the call depends on the segmenter that marked the beat.
+``--save-calls FILE.npz`` writes the ensemble's class per reference beat (-2: not detected), and
+``--compare A.npz B.npz`` (no runs) counts the beats detected in both whose class differs: run once
+with each ``--segmenter``, how much the call depends on the segmenter that marked the beat
+(twenty-seventh release, ``examples/ablations/recentring.md``).
 
 ``--record-prior POWER`` (twenty-fourth release, a probe: ``examples/ablations/record_prior.md``)
 re-weights each record's posteriors to that record's own class prior, estimated from its
@@ -66,7 +64,7 @@ from ecgkit.checkpoint import read_checkpoint  # noqa: E402
 from ecgkit.datasets import resolve_records  # noqa: E402
 from ecgkit.datasets.mitdb import reference_beats  # noqa: E402
 from ecgkit.evaluate import match_to_reference  # noqa: E402
-from ecgkit.inference import (RECENTRE_SAMPLES, VENTRICULAR_NEIGHBOURS, predict_log_proba, prepare_record,  # noqa: E402
+from ecgkit.inference import (VENTRICULAR_NEIGHBOURS, predict_log_proba, prepare_record,  # noqa: E402
                               share_ventricular_evidence)
 from ecgkit.io import read_annotations, read_record  # noqa: E402
 from ecgkit.metrics import AAMI_CLASSES, MISSED, confusion_matrix, ec57_report  # noqa: E402
@@ -204,14 +202,13 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
                        record_rr_stat: str | None = None, local_rr_stat: str | None = None,
                        interval_rr_stat: str | None = None, blocked_p_min_run: int | None = None,
                        tta=((0, 1.0),), segmenter: str = "reference", neighbours: int | None = None,
-                       ensemble_out: list | None = None, recentre: int | None = None):
+                       ensemble_out: list | None = None):
     """Per reference beat of every record the runs all held out: ``(y, record, fold, [log-probs per run])``.
 
     ``record_rr_stat``: build every model's RR features with this record reference instead of
     the one in its input contract (an inference-time probe; the weights are unchanged);
     ``local_rr_stat`` and ``interval_rr_stat`` likewise for the local mean and the pre- and post-RR,
-    ``blocked_p_min_run`` for the run of blocked P waves the atrial stats count them in, ``recentre`` for
-    the contract's ``recentre_samples``.
+    ``blocked_p_min_run`` for the run of blocked P waves the atrial stats count them in.
 
     Each record is classified, in each run, by the fold model that never saw its patient (as
     ``evaluate.classify_records`` with the reference segmenter); ``fold`` is the fold directory of
@@ -238,7 +235,7 @@ def held_out_log_probs(runs: list[str], data=None, checkpoint: str = "best.pt", 
         for i, m in enumerate(maps):
             if m[rec] not in cache:
                 cache[m[rec]] = with_record_rr_stat(load_any_model(m[rec]), record_rr_stat, local_rr_stat,
-                                                    interval_rr_stat, blocked_p_min_run, recentre)
+                                                    interval_rr_stat, blocked_p_min_run)
             model, spec, _ = cache[m[rec]]
             if adapt_bn:
                 prep = prepare_record(r, peaks, spec)
@@ -277,11 +274,11 @@ def check_ventricular_neighbours(args) -> None:
 
 
 def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = None,
-                        interval: str | None = None, min_run: int | None = None, recentre: int | None = None) -> tuple:
+                        interval: str | None = None, min_run: int | None = None) -> tuple:
     """``load_any_model``'s ``(model, spec, meta)`` with ``spec["record_rr_stat"]`` set to ``stat``,
-    ``spec["local_rr_stat"]`` to ``local``, ``spec["interval_rr_stat"]`` to ``interval``,
-    ``spec["blocked_p_min_run"]`` to ``min_run`` and ``spec["recentre_samples"]`` to ``recentre`` (None: as is)."""
-    if stat is None and local is None and interval is None and min_run is None and recentre is None:
+    ``spec["local_rr_stat"]`` to ``local``, ``spec["interval_rr_stat"]`` to ``interval`` and
+    ``spec["blocked_p_min_run"]`` to ``min_run`` (None: as is)."""
+    if stat is None and local is None and interval is None and min_run is None:
         return loaded
     from ecgkit.segment import INTERVAL_RR_STATS, LOCAL_RR_STATS, RECORD_RR_STATS
 
@@ -293,7 +290,7 @@ def with_record_rr_stat(loaded: tuple, stat: str | None, local: str | None = Non
         raise SystemExit(f"Error: --interval-rr-stat must be one of {', '.join(INTERVAL_RR_STATS)}, got {interval!r}")
     model, spec, meta = loaded
     new = {k: v for k, v in (("record_rr_stat", stat), ("local_rr_stat", local), ("interval_rr_stat", interval),
-                             ("blocked_p_min_run", min_run), (RECENTRE_SAMPLES, recentre)) if v is not None}
+                             ("blocked_p_min_run", min_run)) if v is not None}
     spec = {**spec, **new}
     from ecgkit.errors import ConfigError
     from ecgkit.inference import check_channels
@@ -416,9 +413,6 @@ def main(argv=None) -> None:
                     help="share each beat's V evidence with its K look-alike beats in the record, on the ensemble's "
                          "mean (ecgkit.inference.share_ventricular_evidence; default 0: the networks' own output)")
     ap.add_argument("--per-record", action="store_true", help="also print the ensemble's per-record counts")
-    ap.add_argument("--recentre-samples", type=int, default=None, metavar="R",
-                    help="score every model with recentre_samples: R in its contract (each beat mark moved to the "
-                         "largest |x| within R model samples; ecgkit.inference.recentre_beats)")
     ap.add_argument("--save-calls", default=None, metavar="FILE.npz",
                     help="write the ensemble's class per reference beat (-2: not detected)")
     ap.add_argument("--compare", nargs=2, default=None, metavar=("A.npz", "B.npz"),
@@ -444,14 +438,10 @@ def main(argv=None) -> None:
         return
     if not args.runs:
         raise SystemExit("Error: give the runs to score (or --compare A.npz B.npz)")
-    if args.recentre_samples is not None and args.recentre_samples < 0:
-        raise SystemExit("Error: --recentre-samples must be >= 0")
     specs = [(spec, compositions(args.runs, spec)) for spec in args.compose]
     tta = tta_variants(args.tta)
     if args.adapt_bn and len(tta) > 1:
         raise SystemExit("Error: --adapt-bn and --tta are separate probes; give one")
-    if args.recentre_samples and len(tta) > 1:
-        raise SystemExit("Error: --recentre-samples would move --tta's shifted marks back; give one")
 
     if args.record_prior is not None and (args.compose or args.adapt_bn or len(tta) > 1 or args.record_rr_stat
                                           or args.local_rr_stat or args.interval_rr_stat or args.blocked_p_min_run):
@@ -461,7 +451,7 @@ def main(argv=None) -> None:
     ens = []
     y, rr, _, each = held_out_log_probs(args.runs, args.data, args.checkpoint, args.adapt_bn, args.record_rr_stat,
                                         args.local_rr_stat, args.interval_rr_stat, args.blocked_p_min_run, tta,
-                                        args.segmenter, args.ventricular_neighbours, ens, args.recentre_samples)
+                                        args.segmenter, args.ventricular_neighbours, ens)
     mean_lp = np.concatenate(ens)
     if args.record_prior is not None:
         maps = [held_out_models(r, args.checkpoint) for r in args.runs]

@@ -331,8 +331,6 @@ def main(argv=None) -> None:
     ap.add_argument("--ventricular-neighbours", type=int, default=0, metavar="K",
                     help="share each beat's V evidence with its K look-alike beats, on the ensemble's mean "
                          "(ecgkit.inference.share_ventricular_evidence; default 0: the networks' own output)")
-    ap.add_argument("--recentre-samples", type=int, default=None, metavar="R",
-                    help="score every model with recentre_samples: R in its contract, as in ensemble_cv.py")
     ap.add_argument("--compose", action="append", default=[], metavar="RECIPE:K,...",
                     help="also score every ensemble drawing K runs of each recipe (as in ensemble_cv.py); repeatable")
     ap.add_argument("--tta", default=None, metavar="shift:S|gain:G",
@@ -341,10 +339,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     tta = tta_variants(args.tta)
     check_ventricular_neighbours(args)
-    if args.recentre_samples is not None and args.recentre_samples < 0:
-        raise SystemExit("Error: --recentre-samples must be >= 0")
-    if args.recentre_samples and len(tta) > 1:
-        raise SystemExit("Error: --recentre-samples would move --tta's shifted marks back; give one")
     if args.record_prior is not None and (args.model or args.compose or len(tta) > 1):
         raise SystemExit("Error: --record-prior takes kfold run directories, without --model, --compose or --tta")
     priors = SourcePriors(args.data)
@@ -374,7 +368,7 @@ def main(argv=None) -> None:
             if m[rec_name] not in models:
                 models[m[rec_name]] = with_record_rr_stat(load_any_model(m[rec_name]), args.record_rr_stat,
                                                                  args.local_rr_stat, args.interval_rr_stat,
-                                                                 args.blocked_p_min_run, args.recentre_samples)
+                                                                 args.blocked_p_min_run)
             model, spec, _ = models[m[rec_name]]
             lps.append(tta_log_proba(model, r, p, spec, tta))
         if args.record_prior is not None:

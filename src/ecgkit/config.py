@@ -40,9 +40,6 @@ class ModelConfig:
     #: > 0: at inference each beat's V evidence is shared with this many look-alike beats of its record
     #: (``ecgkit.inference.share_ventricular_evidence``); written into the checkpoint's input contract
     ventricular_neighbours: int = 0
-    #: > 0: at inference each beat mark moves to the largest |amplitude| of the model's signal within this many
-    #: model samples before its window is cut (``ecgkit.inference.recentre_beats``); in the input contract
-    recentre_samples: int = 0
 
 
 @dataclass
@@ -221,9 +218,6 @@ def validate(cfg: RunConfig) -> None:
     if cfg.model.ventricular_neighbours < 0:
         raise ConfigError(f"config key 'model.ventricular_neighbours' must be >= 0 (0 = off), "
                           f"got {cfg.model.ventricular_neighbours}")
-    if cfg.model.recentre_samples < 0:
-        raise ConfigError(f"config key 'model.recentre_samples' must be >= 0 (0 = off), "
-                          f"got {cfg.model.recentre_samples}")
     if t.lr <= 0:
         raise ConfigError(f"config key 'train.lr' must be positive, got {t.lr}")
     for name in ("synthetic_s", "synthetic_ectopy", "ventricular_ectopy", "ventricular_shape", "synthetic_af",

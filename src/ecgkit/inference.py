@@ -48,9 +48,6 @@ def check_channels(spec: dict) -> None:
     k = spec.get(VENTRICULAR_NEIGHBOURS, 0)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ConfigError(f"{VENTRICULAR_NEIGHBOURS} is a count of beats (an integer >= 0), got {k!r}")
-    r = spec.get(RECENTRE_SAMPLES, 0)
-    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
-        raise ConfigError(f"{RECENTRE_SAMPLES} is a count of model samples (an integer >= 0), got {r!r}")
     if "blocked_p_min_run" in spec:
         run = spec["blocked_p_min_run"]
         if isinstance(run, bool) or not isinstance(run, int) or run < 1:
@@ -98,48 +95,18 @@ def model_signal(record: Record, spec: dict, signal: np.ndarray | None = None) -
     return x
 
 
-#: Input-contract key of :func:`recentre_beats` (twenty-seventh release): how far, in model samples, each
-#: beat mark may move to the largest |amplitude| of the model's signal before the windows are cut (absent or
-#: 0: the marks are used as given).
-RECENTRE_SAMPLES = "recentre_samples"
-
-
-def recentre_beats(x: np.ndarray, pos: np.ndarray, radius: int) -> np.ndarray:
-    """Beat marks ``pos`` (samples of ``x``) moved to the largest ``|x|`` within ``radius`` samples each side.
-
-    Two segmenters that mark one beat a sample or two apart then hand the model the same window
-    and the same RR intervals: the mark is a property of the signal, not of who placed it. A mark
-    moves only to a strictly larger ``|x|`` (ties between other samples go to the earlier one); the
-    search stays inside the signal.
-    """
-    pos = np.asarray(pos, dtype=np.int64)
-    if radius <= 0 or pos.size == 0 or len(x) == 0:
-        return pos
-    idx = np.clip(pos[:, None] + np.arange(-radius, radius + 1)[None, :], 0, len(x) - 1)
-    mag = np.abs(np.asarray(x)[idx])
-    best = idx[np.arange(pos.size), mag.argmax(1)]
-    return np.where(mag[:, radius] >= mag.max(1), idx[:, radius], best)
-
-
 def prepare_record(record: Record, peaks: np.ndarray, spec: dict, margin: int = 0,
-                   signal: np.ndarray | None = None, recentre: bool = True) -> dict:
+                   signal: np.ndarray | None = None) -> dict:
     """Model input of one record: ``W`` (n, S + 2 margin) windows, ``med`` median beat, ``rr`` (n, 4).
 
     ``margin`` extra samples each side let training shift windows in time. ``signal``: the
     record's :func:`model_signal`, when the caller already computed it (figures draw it too).
     A model reading a second lead also gets ``W2`` and ``med2``, the same cut from that lead.
-    Where the contract names :data:`RECENTRE_SAMPLES`, the marks are first moved by
-    :func:`recentre_beats` and the windows and RR features come from the moved marks (``recentre=False``:
-    the marks as given, as training cuts its windows before shifting them at random).
     """
     x = model_signal(record, spec) if signal is None else signal
     fs = spec["fs_hz"]
     b, a = spec["before_samples"] + margin, spec["after_samples"] + margin
     pos = np.round(np.asarray(peaks) * fs / record.fs).astype(np.int64)
-    radius = int(spec.get(RECENTRE_SAMPLES, 0)) if recentre else 0
-    if radius > 0:
-        pos = recentre_beats(x, pos, radius)
-        peaks = pos * (record.fs / fs)
     out = {}
     leads = [("", x)]
     if uses_second_lead(spec):

@@ -43,14 +43,8 @@ LICENCE = "MIT (weights trained on MIT-BIH, ODC-By 1.0)"
 
 # --- data ------------------------------------------------------------------------------------
 
-def load_beats(records, cfg: RunConfig, spec: dict, margin: int, progress=None,
-               recentre: bool = True) -> dict[str, dict]:
-    """Per record: windows, median beat, RR features and AAMI labels (reference labels).
-
-    ``recentre=False`` cuts the windows at the labelled marks even where the contract re-centres
-    them at inference (:data:`~ecgkit.inference.RECENTRE_SAMPLES`): the training records, whose windows
-    are then shifted at random further than the re-centring moves a mark.
-    """
+def load_beats(records, cfg: RunConfig, spec: dict, margin: int, progress=None) -> dict[str, dict]:
+    """Per record: windows, median beat, RR features and AAMI labels (reference labels)."""
     from .segment import labelled_peaks
 
     detector = create("segmenters", cfg.data.segmenter)
@@ -58,7 +52,7 @@ def load_beats(records, cfg: RunConfig, spec: dict, margin: int, progress=None,
     for path in records:
         rec = read_record(path, cfg.data.lead)
         peaks, labels = labelled_peaks(rec, detector)
-        d = prepare_record(rec, peaks, spec, margin, recentre=recentre)
+        d = prepare_record(rec, peaks, spec, margin)
         d["y"] = labels
         d["samples"] = peaks
         out[rec.name] = d
@@ -812,7 +806,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
     with progress_bar(disable=not show_progress or rank != 0) as bar:
         task = bar.add_task("loading beats", total=len(train_paths))
         adv = lambda name: bar.update(task, advance=1, description=f"loading beats {name}")  # noqa: E731
-        fit = load_beats(fit_paths, cfg, spec, margin, adv, recentre=False)
+        fit = load_beats(fit_paths, cfg, spec, margin, adv)
         val = load_beats(val_paths, cfg, spec, 0, adv)
     names = sorted(fit)
     v_pool = None
@@ -929,12 +923,10 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, resume: bool = Fals
 
 def with_postprocess(model, cfg: RunConfig):
     """``model`` with core's inference-time steps of ``cfg`` in its input contract (saved with it)."""
-    from .inference import RECENTRE_SAMPLES, VENTRICULAR_NEIGHBOURS
+    from .inference import VENTRICULAR_NEIGHBOURS
 
     if cfg.model.ventricular_neighbours:
         input_spec(model)[VENTRICULAR_NEIGHBOURS] = int(cfg.model.ventricular_neighbours)
-    if cfg.model.recentre_samples:
-        input_spec(model)[RECENTRE_SAMPLES] = int(cfg.model.recentre_samples)
     return model
 
 
