@@ -30,6 +30,12 @@ The stages, in the order of the paper and of this file:
    taken as a QRS (SPK updated with weight 0.25 instead of 0.125).
 10. R-peak location: the largest |amplitude| of the band-passed signal within 100 ms of
     each detected mark.
+11. Fiducial refinement (not in the paper): each R peak moves to the largest |amplitude| of
+    the signal band-passed at 8-20 Hz (second order, zero phase) within 11 ms of it. Against
+    the MIT-BIH reference marks of DS1 this puts 88.6 % of the beats at the annotators' own
+    sample instead of 71.0 % (97.6 % within one sample instead of 94.7 %), so a classifier
+    trained on windows cut at the reference marks sees nearly the same windows end to end
+    (examples/ablations/pan_tompkins_fiducial.md). ``refine_s=0`` switches it off.
 
 Two refinements, both in the spirit of the paper's T-wave rule, are applied in stages 6-8
 (each can be switched off through the parameters):
@@ -83,6 +89,10 @@ class PanTompkinsParams:
     initial_rr_s: float = 1.0  #: RR average assumed until learning phase 2 (two beats) ends
     irregular_after_twave: bool = True  #: halve THRESHOLD1 only after the T-wave window
     pwave_s: float = 0.300  #: P-wave discrimination window (0 switches the rule off)
+    refine_s: float = 0.011  #: 11. fiducial refinement: marks move this far at most (0 switches it off)
+    refine_low_hz: float = 8.0  #: 11. band-pass of the refinement, lower edge
+    refine_high_hz: float = 20.0  #: 11. upper edge
+    refine_order: int = 2  #: 11. Butterworth order per band edge (run forward and backward)
 
 
 # ---------------------------------------------------------------------------------------
@@ -350,7 +360,24 @@ class _Decision:
 
 
 # ---------------------------------------------------------------------------------------
-# the detector (10. R-peak location at the end)
+# 11. fiducial refinement
+
+
+def refine_peaks(x: np.ndarray, peaks: np.ndarray, fs: float, p: PanTompkinsParams) -> np.ndarray:
+    """Each of ``peaks`` moved to the largest |amplitude| of ``x`` band-passed at ``refine_low_hz``-
+    ``refine_high_hz`` within ``refine_s`` of it (sorted, unique; ``refine_s=0``: as given)."""
+    peaks = np.asarray(peaks, dtype=np.int64)
+    if p.refine_s <= 0 or peaks.size == 0:
+        return peaks
+    r = _samples(p.refine_s, fs)
+    band = PanTompkinsParams(low_hz=p.refine_low_hz, high_hz=p.refine_high_hz, filter_order=p.refine_order)
+    f = np.abs(bandpass(x, fs, band))
+    window = np.clip(peaks[:, None] + np.arange(-r, r + 1)[None, :], 0, len(x) - 1)
+    return np.unique(window[np.arange(peaks.size), np.argmax(f[window], axis=1)])
+
+
+# ---------------------------------------------------------------------------------------
+# the detector (10. R-peak location and 11. its refinement at the end)
 
 
 def pan_tompkins(signal: np.ndarray, fs: float, **params) -> np.ndarray:
@@ -385,4 +412,4 @@ def pan_tompkins(signal: np.ndarray, fs: float, **params) -> np.ndarray:
     if len(marks.at) == 0:
         return empty
     chosen = _Decision(marks, mwi, filtered, fs, p).run()  # 6.-9.
-    return np.unique(marks.r_peak[chosen]).astype(np.int64)  # 10.
+    return refine_peaks(x, np.unique(marks.r_peak[chosen]), fs, p)  # 10. and 11.
