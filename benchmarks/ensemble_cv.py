@@ -490,22 +490,18 @@ def main(argv=None) -> None:
 
 def save_calls(path, y: np.ndarray, records: np.ndarray, pred: np.ndarray) -> None:
     """``y``, ``records`` and the ensemble's classes ``pred`` per reference beat, to ``path`` (.npz), whole or not at all."""
-    import os
-    import tempfile
+    from ecgkit.io import atomic_write
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:
             np.savez(f, y=y, records=records.astype(str), pred=pred)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def compare_calls(a_path, b_path) -> str:
-    """A line per finding: reference beats detected in both files whose class differs, into and out of S, by record."""
+    """One line: the reference beats detected in both files whose class differs, how many turned S in B and left S
+    in A, and the records with the most."""
     try:
         a, b = np.load(a_path), np.load(b_path)
         ya, yb, ra, rb, pa, pb = a["y"], b["y"], a["records"], b["records"], a["pred"], b["pred"]

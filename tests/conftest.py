@@ -100,3 +100,22 @@ def beat_samples():
 def matched_fraction():
     """``matched_fraction(found, wanted, tolerance)``: share of ``wanted`` matched within tolerance."""
     return _matched_fraction
+
+
+def _load_benchmark(name: str):
+    """A fresh module object of ``benchmarks/<name>.py`` (registered in ``sys.modules`` under a private name while
+    it runs, so its dataclasses can look their module up)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"_benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("ensemble_cv")``: a benchmark script as a module (each call a fresh one)."""
+    return _load_benchmark

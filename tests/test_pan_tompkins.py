@@ -256,15 +256,8 @@ def test_refinement_moves_a_mark_to_the_band_peak():
     assert refine_peaks(x, np.array([], np.int64), fs, p).size == 0
 
 
-def test_qrs_benchmark_scores_fiducial_offsets():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("qrs_bench", Path(__file__).parents[1] / "benchmarks" / "qrs.py")
-    qrs = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules["qrs_bench"] = qrs  # its dataclasses look their module up
-    spec.loader.exec_module(qrs)
+def test_qrs_benchmark_scores_fiducial_offsets(load_benchmark):
+    qrs = load_benchmark("qrs")
     ref = np.array([100, 500, 900, 1300])
     det = np.array([100, 502, 897, 2000])           # on the mark, 2 late, 3 early, one false; 1300 missed
     s = qrs.score_detections(ref, det, 54, fs=360.0)

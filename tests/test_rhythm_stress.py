@@ -7,8 +7,6 @@ the rhythms must have the intervals and class shares they are described with.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,22 +16,14 @@ from ecgkit.io import read_annotations, read_record
 
 
 @pytest.fixture(scope="module")
-def rs():
-    spec = importlib.util.spec_from_file_location(
-        "rhythm_stress", Path(__file__).parents[1] / "benchmarks" / "rhythm_stress.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def rs(load_benchmark):
+    return load_benchmark("rhythm_stress")
 
 
 @pytest.fixture(scope="module")
-def ecv():
+def ecv(load_benchmark):
     """benchmarks/ensemble_cv.py as a module (its --tta and --record-prior probes)."""
-    spec = importlib.util.spec_from_file_location(
-        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ensemble_cv")
 
 
 @pytest.fixture(scope="module")

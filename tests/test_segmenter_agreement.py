@@ -6,20 +6,13 @@ judged by, kept after the candidate failed.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="module")
-def ecv():
-    spec = importlib.util.spec_from_file_location(
-        "ensemble_cv", Path(__file__).parents[1] / "benchmarks" / "ensemble_cv.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ecv(load_benchmark):
+    return load_benchmark("ensemble_cv")
 
 
 def test_calls_are_saved_whole_and_compared(ecv, tmp_path, capsys):

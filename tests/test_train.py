@@ -80,12 +80,9 @@ def _interrupt_after_first_epoch(train_mod, cfg, run_dir, data_dir, monkeypatch)
 
 
 def _benchmark_module(name: str = "ensemble_cv"):
-    import importlib.util
+    from conftest import _load_benchmark
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return _load_benchmark(name)
 
 
 def test_resume_after_interruption_gives_identical_weights(data_dir, tiny_config, monkeypatch):
