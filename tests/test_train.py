@@ -79,12 +79,6 @@ def _interrupt_after_first_epoch(train_mod, cfg, run_dir, data_dir, monkeypatch)
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == 1
 
 
-def _benchmark_module(name: str = "ensemble_cv"):
-    from conftest import _load_benchmark
-
-    return _load_benchmark(name)
-
-
 def test_resume_after_interruption_gives_identical_weights(data_dir, tiny_config, monkeypatch):
     from ecgkit import train as train_mod
 
@@ -252,10 +246,11 @@ def test_cli_kfold_over_given_records_and_bad_split(data_dir, tiny_config, tmp_p
     assert res.exit_code == 2 and "unknown split 'DS9'" in res.output
 
 
-def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys, monkeypatch):
+def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_path, capsys, monkeypatch,
+                                                    load_benchmark):
     from ecgkit.evaluate import kfold
 
-    mod = _benchmark_module()
+    mod = load_benchmark("ensemble_cv")
     records = ["100", "105", "119"]
     reports = []
     for seed in (3, 4):  # two differently seeded runs (other folds, other weights)
@@ -306,7 +301,7 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
         mod.main([str(tmp_path)])
 
     # decision_bias.py on the same runs: with only b = 0 on the grid, every row is the ensemble's
-    bias = _benchmark_module("decision_bias")
+    bias = load_benchmark("decision_bias")
     runs = [str(tmp_path / "kf3"), str(tmp_path / "kf4"), "--data", str(data_dir)]
     capsys.readouterr()
     bias.main(runs + ["--grid=0:0:1"])
@@ -349,7 +344,7 @@ def test_ensemble_cv_benchmark_pools_held_out_models(data_dir, tiny_config, tmp_
 
     # rhythm_stress --compose on the same runs, their fold models standing in for two shipped models
     # that disagree (one epoch of the tiny recipe calls nothing S, which would make every line equal)
-    stress = _benchmark_module("rhythm_stress")
+    stress = load_benchmark("rhythm_stress")
     monkeypatch.setattr(stress, "load_any_model",
                         lambda path: load_any_model("transnet" if "a_s0" in str(path) else "transnet-2lead"))
     stress.main(named + ["--block", "--beats", "300", "--compose", "a:1,b:1", "--compose", "a:1"])
@@ -458,11 +453,11 @@ def test_kfold_fold_seed_fixes_the_folds_across_training_seeds(data_dir, tiny_co
     assert [t for _, t in patient_kfold(records, 2, 3)] != a != [t for _, t in patient_kfold(records, 2, 4)]
 
 
-def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp_path, capsys):
+def test_ensemble_cv_scores_raw_weights_of_an_ema_run(data_dir, tiny_config, tmp_path, capsys, load_benchmark):
     """--checkpoint last.pt: the raw weights of an EMA run reproduce the same recipe without EMA, fold for fold."""
     from ecgkit.evaluate import kfold
 
-    mod = _benchmark_module()
+    mod = load_benchmark("ensemble_cv")
     records = ["100", "105", "119"]
     tiny_train = {**TINY["train"], "epochs": 1, "steps_per_epoch": 3}
     data = {**TINY["data"], "val": []}
@@ -558,9 +553,9 @@ def test_cli_resume_is_for_kfold_only(data_dir):
     assert res.exit_code == 2 and "--resume applies to --protocol kfold only" in res.output
 
 
-def test_decision_bias_choice_is_the_best_f1_nearest_zero():
+def test_decision_bias_choice_is_the_best_f1_nearest_zero(load_benchmark):
     """The S offset with the highest SVEB F1 wins; among equal ones, the smallest change."""
-    bias = _benchmark_module("decision_bias")
+    bias = load_benchmark("decision_bias")
     # four N beats, two S beats; S is the runner-up in beat 4 (an S) and in beat 2 (an N)
     lp = np.log(np.array([[.9, .1, 0, 0, 0], [.6, .4, 0, 0, 0], [.9, .1, 0, 0, 0],
                           [.55, .45, 0, 0, 0], [.3, .7, 0, 0, 0], [.9, .1, 0, 0, 0]]) + 1e-12)
@@ -620,7 +615,7 @@ def test_ectopic_p_trains_and_is_refused_where_it_cannot_act(data_dir, tiny_conf
         train(cfg, run_dir=tmp_path / "two", data_dir=data_dir, show_progress=False, log=lambda m: None)
 
 
-def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
+def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir, load_benchmark):
     """ensemble_cv --adapt-bn: BatchNorm statistics become those of the record's beats, on a copy."""
     from ecgkit.checkpoint import input_spec
     from ecgkit.datasets.mitdb import reference_beats
@@ -628,7 +623,7 @@ def test_adapt_batchnorm_uses_the_records_own_statistics(data_dir):
     from ecgkit.io import read_annotations, read_record
     from ecgkit.registry import create
 
-    mod = _benchmark_module()
+    mod = load_benchmark("ensemble_cv")
     torch.manual_seed(0)
     model = create("encoders", "transnet", **TINY["model"]["params"], seq_len=16).eval()
     spec = input_spec(model)
